@@ -1,0 +1,107 @@
+//! The command line: `weir run`, `weir validate`, `weir query`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Pipeline;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "PostgreSQL CDC → Kafka → bronze/silver/gold Delta tables, with Wasm transforms")]
+struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: continuously until SIGINT/SIGTERM, or once with --triggered.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Process everything committed so far through every stage, then exit (like a DLT triggered update).
+        #[arg(long)]
+        triggered: bool,
+    },
+    /// Check a pipeline file and the components it names, without touching any service.
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// Run SQL over the pipeline's Delta tables (`bronze`, `silver`, `gold_<name>`) and print the result.
+    Query {
+        /// The pipeline file.
+        file: PathBuf,
+        /// The query, e.g. "SELECT * FROM gold_sales_report ORDER BY total_sales DESC LIMIT 10".
+        sql: String,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { file, triggered } => {
+            let pipeline = Pipeline::load(&file)?;
+            let stop = crate::pipeline::stop_on_signals();
+            let report = if triggered {
+                crate::pipeline::run_triggered(&pipeline).await?
+            } else {
+                crate::pipeline::run_continuous(&pipeline, stop).await?
+            };
+            println!("{report}");
+            Ok(())
+        }
+        Command::Validate { file } => {
+            let pipeline = Pipeline::load(&file)?;
+            crate::pipeline::validate(&pipeline)?;
+            println!("{}: valid ({} layers, components export the right worlds)", file.display(), pipeline.layers().len());
+            Ok(())
+        }
+        Command::Query { file, sql } => {
+            let pipeline = Pipeline::load(&file)?;
+            let batches = crate::lakehouse::query(&pipeline, &sql).await.with_context(|| format!("running `{sql}`"))?;
+            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info,pg_walstream=warn,deltalake=warn,datafusion=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,614 @@
+//! Pipeline files: typed, validated TOML.
+//!
+//! Keys follow Debezium's connector properties for the source (`slot.name` becomes `slot_name`) and
+//! Delta Live Tables' APPLY CHANGES for silver, so users recognise them. Every error names the file,
+//! and where it can, the line and the key. `${VAR}` is expanded from the environment in the fields
+//! that usually hold secrets or addresses, after parsing, so secret values never appear in errors.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Why a pipeline file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid { path: PathBuf, line: usize, key: String, message: String },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// A parsed pipeline file, with relative paths resolved against the file's folder.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub name: String,
+    pub source: SourceConfig,
+    pub kafka: KafkaConfig,
+    pub landing: LandingConfig,
+    pub bronze: LayerConfig,
+    pub silver: SilverConfig,
+    pub gold: BTreeMap<String, GoldConfig>,
+    pub wasm: WasmLimits,
+    /// Where weir keeps its own progress records (snapshot state); an object store URL.
+    pub state_location: String,
+    /// Source text, kept to turn key spans into line numbers for later checks (`weir validate`).
+    text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub connection: String,
+    pub slot_name: String,
+    pub publication_name: String,
+    /// `schema.table` names, as Debezium's `table.include.list`.
+    pub tables: Vec<String>,
+    pub snapshot_mode: SnapshotMode,
+    pub decimal_handling_mode: DecimalHandlingMode,
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Snapshot the tables when the slot is first created, then stream.
+    Initial,
+    /// Only stream changes from the slot's creation on.
+    Never,
+}
+
+/// How `numeric` values appear in change events, as Debezium's `decimal.handling.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecimalHandlingMode {
+    /// Exact, as a JSON string ("21.47").
+    String,
+    /// As a JSON number; may lose precision.
+    Double,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub topic_prefix: String,
+    pub group_id: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Passed to librdkafka as is, for producers and consumers (SASL/SSL settings for Event Hubs).
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LandingConfig {
+    pub location: String,
+    pub max_rows_per_file: usize,
+}
+
+/// A layer whose logic is a Wasm component and whose output is a Delta table.
+#[derive(Debug, Clone)]
+pub struct LayerConfig {
+    pub component: PathBuf,
+    pub table: String,
+    /// The layer's `config` table, handed to the component's `configure` as JSON.
+    pub component_config: serde_json::Value,
+    pub partition_by: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SilverConfig {
+    pub layer: LayerConfig,
+    pub keys: Vec<String>,
+    pub sequence_by: Vec<String>,
+    /// SQL predicate over the incoming row marking it as a delete, as DLT's `APPLY AS DELETE WHEN`.
+    pub apply_as_deletes: String,
+    pub expectations: Vec<Expectation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    pub name: String,
+    /// SQL predicate each row must satisfy.
+    pub expect: String,
+    #[serde(default = "default_on_violation")]
+    pub on_violation: OnViolation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnViolation {
+    /// Keep the row, count the violation.
+    Warn,
+    /// Drop the row, count it.
+    Drop,
+    /// Stop the pipeline before anything of the batch is committed.
+    Fail,
+}
+
+fn default_on_violation() -> OnViolation {
+    OnViolation::Warn
+}
+
+#[derive(Debug, Clone)]
+pub struct GoldConfig {
+    pub layer: LayerConfig,
+    /// Group columns the component returns first; the rest of its columns are additive.
+    pub keys: Vec<String>,
+    /// Additive column holding the number of input rows in a group; groups reaching 0 are removed.
+    pub count_column: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WasmLimits {
+    pub memory_limit_bytes: usize,
+    pub timeout_ms: u64,
+    pub fuel: Option<u64>,
+}
+
+// ---- the file as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    pipeline: RawPipeline,
+    source: RawSource,
+    kafka: RawKafka,
+    landing: RawLanding,
+    bronze: RawLayer,
+    silver: RawSilver,
+    #[serde(default)]
+    gold: BTreeMap<String, RawGold>,
+    #[serde(default)]
+    wasm: RawWasm,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Spanned<String>,
+    state_location: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    connection: Spanned<String>,
+    slot_name: Option<Spanned<String>>,
+    publication_name: Option<Spanned<String>>,
+    tables: Spanned<Vec<String>>,
+    #[serde(default = "default_snapshot_mode")]
+    snapshot_mode: SnapshotMode,
+    #[serde(default = "default_decimal_mode")]
+    decimal_handling_mode: DecimalHandlingMode,
+    #[serde(default = "default_heartbeat_ms")]
+    heartbeat_interval_ms: u64,
+}
+
+fn default_snapshot_mode() -> SnapshotMode {
+    SnapshotMode::Initial
+}
+fn default_decimal_mode() -> DecimalHandlingMode {
+    DecimalHandlingMode::String
+}
+fn default_heartbeat_ms() -> u64 {
+    5_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    bootstrap_servers: Spanned<String>,
+    #[serde(default = "default_topic_prefix")]
+    topic_prefix: String,
+    group_id: Option<String>,
+    #[serde(default = "one")]
+    partitions: i32,
+    #[serde(default = "one")]
+    replication_factor: i32,
+    #[serde(default)]
+    options: BTreeMap<String, Spanned<String>>,
+}
+
+fn default_topic_prefix() -> String {
+    "postgres".into()
+}
+fn one() -> i32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLanding {
+    location: Spanned<String>,
+    #[serde(default = "default_rows_per_file")]
+    max_rows_per_file: usize,
+}
+
+fn default_rows_per_file() -> usize {
+    100_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayer {
+    component: Spanned<String>,
+    table: Spanned<String>,
+    #[serde(default)]
+    config: toml::Table,
+    #[serde(default)]
+    partition_by: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSilver {
+    component: Spanned<String>,
+    table: Spanned<String>,
+    #[serde(default)]
+    config: toml::Table,
+    #[serde(default)]
+    partition_by: Vec<String>,
+    keys: Spanned<Vec<String>>,
+    #[serde(default = "default_sequence_by")]
+    sequence_by: Vec<String>,
+    #[serde(default = "default_apply_as_deletes")]
+    apply_as_deletes: String,
+    #[serde(default)]
+    expectations: Vec<Expectation>,
+}
+
+fn default_sequence_by() -> Vec<String> {
+    vec!["lsn".into(), "kafka_offset".into()]
+}
+fn default_apply_as_deletes() -> String {
+    "op = 'd'".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGold {
+    component: Spanned<String>,
+    table: Spanned<String>,
+    #[serde(default)]
+    config: toml::Table,
+    keys: Spanned<Vec<String>>,
+    count_column: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWasm {
+    #[serde(default = "default_memory_mb")]
+    memory_limit_mb: usize,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    fuel: Option<u64>,
+}
+
+impl Default for RawWasm {
+    fn default() -> Self {
+        Self { memory_limit_mb: default_memory_mb(), timeout_ms: default_timeout_ms(), fuel: None }
+    }
+}
+
+fn default_memory_mb() -> usize {
+    256
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Pipeline {
+    /// Reads, parses and checks a pipeline file. Component files are checked by `weir validate`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, text)
+    }
+
+    pub fn parse(path: &Path, text: String) -> Result<Self> {
+        let raw: RawFile = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let ctx = Ctx { path, text: &text, base: &base };
+
+        let name = raw.pipeline.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(ctx.invalid(&raw.pipeline.name, "pipeline.name", "use letters, digits, '_' and '-' only"));
+        }
+        let slug = name.replace('-', "_");
+
+        let tables = raw.source.tables.get_ref().clone();
+        if tables.is_empty() {
+            return Err(ctx.invalid(&raw.source.tables, "source.tables", "name at least one `schema.table`"));
+        }
+        for t in &tables {
+            if t.split('.').count() != 2 {
+                return Err(ctx.invalid(&raw.source.tables, "source.tables", &format!("`{t}` is not `schema.table`")));
+            }
+        }
+        let landing_location = ctx.location(&raw.landing.location, "landing.location")?;
+        let state_location = match &raw.pipeline.state_location {
+            Some(s) => ctx.location(s, "pipeline.state_location")?,
+            None => format!("{}/_weir", landing_location.trim_end_matches('/')),
+        };
+
+        let silver_keys = raw.silver.keys.get_ref().clone();
+        if silver_keys.is_empty() {
+            return Err(ctx.invalid(&raw.silver.keys, "silver.keys", "name at least one key column"));
+        }
+        let mut gold = BTreeMap::new();
+        for (gold_name, g) in raw.gold {
+            let key = format!("gold.{gold_name}");
+            let keys = g.keys.get_ref().clone();
+            if keys.is_empty() {
+                return Err(ctx.invalid(&g.keys, &format!("{key}.keys"), "name at least one group column"));
+            }
+            gold.insert(
+                gold_name,
+                GoldConfig {
+                    layer: ctx.layer(&g.component, &g.table, g.config, Vec::new(), &key)?,
+                    keys,
+                    count_column: g.count_column,
+                },
+            );
+        }
+
+        let slot_name = match &raw.source.slot_name {
+            Some(s) => ctx.identifier(s, "source.slot_name")?,
+            None => format!("weir_{slug}"),
+        };
+        let publication_name = match &raw.source.publication_name {
+            Some(s) => ctx.identifier(s, "source.publication_name")?,
+            None => format!("weir_{slug}"),
+        };
+        let mut options = BTreeMap::new();
+        for (k, v) in &raw.kafka.options {
+            options.insert(k.clone(), ctx.expand(v, &format!("kafka.options.{k}"))?);
+        }
+
+        Ok(Self {
+            path: path.to_owned(),
+            source: SourceConfig {
+                connection: ctx.expand(&raw.source.connection, "source.connection")?,
+                slot_name,
+                publication_name,
+                tables,
+                snapshot_mode: raw.source.snapshot_mode,
+                decimal_handling_mode: raw.source.decimal_handling_mode,
+                heartbeat_interval_ms: raw.source.heartbeat_interval_ms,
+            },
+            kafka: KafkaConfig {
+                bootstrap_servers: ctx.expand(&raw.kafka.bootstrap_servers, "kafka.bootstrap_servers")?,
+                topic_prefix: raw.kafka.topic_prefix,
+                group_id: raw.kafka.group_id.unwrap_or_else(|| format!("weir-{name}")),
+                partitions: raw.kafka.partitions,
+                replication_factor: raw.kafka.replication_factor,
+                options,
+            },
+            landing: LandingConfig { location: landing_location, max_rows_per_file: raw.landing.max_rows_per_file.max(1) },
+            bronze: ctx.layer(&raw.bronze.component, &raw.bronze.table, raw.bronze.config, raw.bronze.partition_by, "bronze")?,
+            silver: SilverConfig {
+                layer: ctx.layer(
+                    &raw.silver.component,
+                    &raw.silver.table,
+                    raw.silver.config,
+                    raw.silver.partition_by,
+                    "silver",
+                )?,
+                keys: silver_keys,
+                sequence_by: raw.silver.sequence_by,
+                apply_as_deletes: raw.silver.apply_as_deletes,
+                expectations: raw.silver.expectations,
+            },
+            gold,
+            wasm: WasmLimits {
+                memory_limit_bytes: raw.wasm.memory_limit_mb.saturating_mul(1 << 20),
+                timeout_ms: raw.wasm.timeout_ms,
+                fuel: raw.wasm.fuel,
+            },
+            state_location,
+            name,
+            text,
+        })
+    }
+
+    /// The Kafka topic of a `schema.table`, as Debezium names it: `<prefix>.<schema>.<table>`.
+    pub fn topic_for(&self, table: &str) -> String {
+        format!("{}.{}", self.kafka.topic_prefix, table)
+    }
+
+    /// Every layer with a component, named as in the file (`bronze`, `silver`, `gold.<name>`).
+    pub fn layers(&self) -> Vec<(String, &LayerConfig)> {
+        let mut out = vec![("bronze".to_owned(), &self.bronze), ("silver".to_owned(), &self.silver.layer)];
+        out.extend(self.gold.iter().map(|(n, g)| (format!("gold.{n}"), &g.layer)));
+        out
+    }
+
+    /// The line of the first occurrence of `needle` in the file, for errors found after parsing.
+    pub fn line_of(&self, needle: &str) -> usize {
+        self.text.lines().position(|l| l.contains(needle)).map_or(0, |i| i + 1)
+    }
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())].lines().count().max(1)
+    }
+
+    fn invalid<T>(&self, at: &Spanned<T>, key: &str, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: self.line(at.span()),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// Expands `${VAR}` from the environment; an unset variable is an error naming it.
+    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String> {
+        let raw = value.get_ref();
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or_else(|| self.invalid(value, key, "unclosed `${`"))?;
+            let var = &after[..end];
+            let val = std::env::var(var)
+                .map_err(|_| self.invalid(value, key, &format!("environment variable `{var}` is not set")))?;
+            out.push_str(&val);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// A storage location: an object store URL, or a path relative to the pipeline file's folder.
+    fn location(&self, value: &Spanned<String>, key: &str) -> Result<String> {
+        let expanded = self.expand(value, key)?;
+        if let Some((scheme, _)) = expanded.split_once("://") {
+            return match scheme {
+                "file" | "s3" | "s3a" | "az" | "azure" | "abfs" | "abfss" | "memory" => Ok(expanded),
+                other => Err(self.invalid(value, key, &format!("unsupported storage scheme `{other}://`"))),
+            };
+        }
+        let path = self.base.join(&expanded);
+        let absolute = std::path::absolute(&path)
+            .map_err(|e| self.invalid(value, key, &format!("cannot resolve path: {e}")))?;
+        Ok(format!("file://{}", normalize(&absolute).display()))
+    }
+
+    fn identifier(&self, value: &Spanned<String>, key: &str) -> Result<String> {
+        let v = value.get_ref();
+        let ok = !v.is_empty()
+            && v.len() <= 63
+            && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(v.clone())
+        } else {
+            Err(self.invalid(value, key, "use lower-case letters, digits and '_' (at most 63), as PostgreSQL requires"))
+        }
+    }
+
+    fn layer(
+        &self,
+        component: &Spanned<String>,
+        table: &Spanned<String>,
+        config: toml::Table,
+        partition_by: Vec<String>,
+        key: &str,
+    ) -> Result<LayerConfig> {
+        let component_path = self.base.join(self.expand(component, &format!("{key}.component"))?);
+        let component_config = serde_json::to_value(&config)
+            .map_err(|e| self.invalid(component, &format!("{key}.config"), &e.to_string()))?;
+        Ok(LayerConfig {
+            component: normalize(&component_path),
+            table: self.location(table, &format!("{key}.table"))?,
+            component_config,
+            partition_by,
+        })
+    }
+}
+
+/// Removes `.` and `..` segments without touching the file system (the path may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[pipeline]
+name = "shop"
+
+[source]
+connection = "postgres://u@127.0.0.1/business"
+tables = ["public.onlineshop"]
+
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[landing]
+location = "../lake/landing"
+
+[bronze]
+component = "b.wasm"
+table = "../lake/bronze"
+
+[silver]
+component = "s.wasm"
+table = "../lake/silver"
+keys = ["id"]
+
+[gold.sales]
+component = "g.wasm"
+table = "../lake/gold"
+keys = ["productno"]
+count_column = "order_lines"
+"#;
+
+    fn parse(text: &str) -> Result<Pipeline> {
+        Pipeline::parse(Path::new("/etc/weir/pipelines/shop.toml"), text.to_owned())
+    }
+
+    #[test]
+    fn relative_locations_resolve_against_the_pipeline_folder() {
+        let p = parse(MINIMAL).expect("valid file");
+        assert_eq!(p.landing.location, "file:///etc/weir/lake/landing");
+        assert_eq!(p.bronze.component, PathBuf::from("/etc/weir/pipelines/b.wasm"));
+        assert_eq!(p.state_location, "file:///etc/weir/lake/landing/_weir");
+        assert_eq!(p.source.slot_name, "weir_shop");
+        assert_eq!(p.topic_for("public.onlineshop"), "postgres.public.onlineshop");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_line() {
+        let text = MINIMAL.replace("keys = [\"id\"]", "keys = [\"id\"]\nsequnce_by = [\"lsn\"]");
+        let err = parse(&text).expect_err("typo must be rejected").to_string();
+        assert!(err.contains("shop.toml"), "{err}");
+        assert!(err.contains("sequnce_by"), "{err}");
+        assert!(err.contains("line 23"), "{err}");
+    }
+
+    #[test]
+    fn unset_environment_variable_names_the_key_not_the_value() {
+        let text = MINIMAL.replace("u@127.0.0.1", "u:${WEIR_TEST_SURELY_UNSET}@127.0.0.1");
+        let err = parse(&text).expect_err("unset variable").to_string();
+        assert!(err.contains("source.connection"), "{err}");
+        assert!(err.contains("WEIR_TEST_SURELY_UNSET"), "{err}");
+        assert!(err.contains(":6:"), "{err}");
+    }
+
+    #[test]
+    fn bad_slot_name_is_rejected() {
+        let text = MINIMAL.replace("tables =", "slot_name = \"Bad-Slot\"\ntables =");
+        let err = parse(&text).expect_err("bad slot").to_string();
+        assert!(err.contains("source.slot_name"), "{err}");
+    }
+}

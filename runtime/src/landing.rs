@@ -1,0 +1,426 @@
+//! Landing zone: Kafka change events → Parquet change files in an object store.
+//!
+//! This replaces the reference design's Stream Analytics job. Files are named
+//! `<landing>/<schema.table>/date=YYYY-MM-DD/<partition>-<first offset>-<last offset>.parquet`, a
+//! function of the offsets they hold (the date is the first record's Kafka timestamp), so rewriting
+//! a file after a crash replaces it rather than duplicating it. The group's offset is committed only
+//! after the file is stored: a crash in between rewrites the same file.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as StorePath;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Pipeline;
+use crate::storage::{self, StorageError};
+use crate::transport::{self, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LandingError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("landing {topic}/{partition}@{offset}: event is not a Debezium change event: {message}")]
+    BadEvent { topic: String, partition: i32, offset: i64, message: String },
+    #[error("landing {topic}/{partition}: cannot build Parquet file for offsets {first}-{last}: {message}")]
+    Encode { topic: String, partition: i32, first: i64, last: i64, message: String },
+}
+
+pub type Result<T, E = LandingError> = std::result::Result<T, E>;
+
+/// Columns of every landing file, before the `before`/`after` structs whose fields come from events.
+fn envelope_fields() -> Vec<Field> {
+    vec![
+        Field::new("kafka_topic", DataType::Utf8, false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        Field::new("kafka_timestamp_ms", DataType::Int64, true),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("op", DataType::Utf8, false),
+    ]
+}
+
+fn source_fields() -> Vec<Field> {
+    vec![
+        Field::new("source_ts_ms", DataType::Int64, true),
+        Field::new("source_lsn", DataType::Int64, true),
+        Field::new("source_tx_id", DataType::Int64, true),
+        Field::new("source_snapshot", DataType::Utf8, true),
+        Field::new("source_db", DataType::Utf8, true),
+        Field::new("source_schema", DataType::Utf8, true),
+        Field::new("source_table", DataType::Utf8, true),
+        Field::new("ts_ms", DataType::Int64, true),
+    ]
+}
+
+/// What one landing pass did.
+#[derive(Debug, Default, Clone)]
+pub struct LandingReport {
+    pub files: usize,
+    pub events: usize,
+    pub tombstones: usize,
+}
+
+/// A parsed landing file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LandingFile {
+    pub path: StorePath,
+    pub partition: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+impl LandingFile {
+    /// Parses `.../<partition>-<first>-<last>.parquet`; other files are not ours.
+    pub fn parse(path: StorePath) -> Option<Self> {
+        let name = path.filename()?.strip_suffix(".parquet")?;
+        let mut parts = name.splitn(3, '-');
+        let partition = parts.next()?.parse().ok()?;
+        let first_offset = parts.next()?.parse().ok()?;
+        let last_offset = parts.next()?.parse().ok()?;
+        Some(Self { path, partition, first_offset, last_offset })
+    }
+}
+
+/// Folder of a table's landing files, relative to the landing location.
+pub fn table_folder(table: &str) -> String {
+    table.to_owned()
+}
+
+/// Reads the CDC topics of the pipeline's tables and writes landing files.
+///
+/// With `until_caught_up`, stops once every partition has been read up to the end it had when the
+/// pass started (a triggered run); otherwise runs until `stop` is set.
+pub async fn run(pipeline: &Pipeline, until_caught_up: bool, stop: &CancellationToken) -> Result<LandingReport> {
+    let (store, root) = storage::open(&pipeline.landing.location)?;
+    let topics: Vec<String> = pipeline.source.tables.iter().map(|t| pipeline.topic_for(t)).collect();
+    transport::ensure_topics(&pipeline.kafka, &topics).await?;
+    let consumer = transport::group_consumer(&pipeline.kafka, "landing")?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs).map_err(|source| TransportError::Kafka {
+        servers: pipeline.kafka.bootstrap_servers.clone(),
+        action: "subscribing".into(),
+        source,
+    })?;
+
+    let mut targets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    if until_caught_up {
+        for topic in &topics {
+            for (p, high) in transport::high_watermarks(&consumer, &pipeline.kafka, topic)? {
+                targets.insert((topic.clone(), p), high);
+            }
+        }
+    }
+    let committed = |consumer: &rdkafka::consumer::StreamConsumer| -> BTreeMap<(String, i32), i64> {
+        let mut out = BTreeMap::new();
+        if let Ok(assignment) = consumer.assignment() {
+            if let Ok(tpl) = consumer.committed_offsets(assignment, Duration::from_secs(10)) {
+                for e in tpl.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        out.insert((e.topic().to_owned(), e.partition()), o);
+                    }
+                }
+            }
+        }
+        out
+    };
+
+    let mut report = LandingReport::default();
+    let mut buffers: BTreeMap<(String, i32), Buffer> = BTreeMap::new();
+    let mut position: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut stream = consumer.stream();
+    let idle = Duration::from_millis(500);
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let next = tokio::time::timeout(idle, stream.next()).await;
+        match next {
+            Ok(Some(Ok(msg))) => {
+                let key = (msg.topic().to_owned(), msg.partition());
+                position.insert(key.clone(), msg.offset() + 1);
+                let buffer = buffers.entry(key.clone()).or_insert_with(|| Buffer::new(&key.0, key.1));
+                match msg.payload() {
+                    None => {
+                        report.tombstones += 1;
+                        buffer.skipped_to = Some(msg.offset());
+                    }
+                    Some(payload) => buffer.push(&msg, payload)?,
+                }
+                if buffer.rows.len() >= pipeline.landing.max_rows_per_file {
+                    let buffer = buffers.remove(&key).unwrap_or_else(|| Buffer::new(&key.0, key.1));
+                    flush(&consumer, &*store, &root, buffer, &mut report).await?;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return Err(TransportError::Kafka {
+                    servers: pipeline.kafka.bootstrap_servers.clone(),
+                    action: "consuming change events".into(),
+                    source: e,
+                }
+                .into());
+            }
+            Ok(None) => break,
+            Err(_elapsed) => {
+                // Idle: make what we hold durable, then see whether a triggered pass is done.
+                for (_, buffer) in std::mem::take(&mut buffers) {
+                    flush(&consumer, &*store, &root, buffer, &mut report).await?;
+                }
+                if until_caught_up {
+                    let committed = committed(&consumer);
+                    let done = targets.iter().all(|(tp, high)| {
+                        *high == 0
+                            || position.get(tp).copied().unwrap_or(-1) >= *high
+                            || committed.get(tp).copied().unwrap_or(-1) >= *high
+                    });
+                    if done {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for (_, buffer) in std::mem::take(&mut buffers) {
+        flush(&consumer, &*store, &root, buffer, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Change events of one partition waiting to become a file.
+struct Buffer {
+    topic: String,
+    partition: i32,
+    rows: Vec<Value>,
+    first_offset: i64,
+    last_offset: i64,
+    first_timestamp_ms: Option<i64>,
+    /// Offset of a trailing tombstone, committed even when no file is written.
+    skipped_to: Option<i64>,
+}
+
+impl Buffer {
+    fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            partition,
+            rows: Vec::new(),
+            first_offset: -1,
+            last_offset: -1,
+            first_timestamp_ms: None,
+            skipped_to: None,
+        }
+    }
+
+    fn push(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>, payload: &[u8]) -> Result<()> {
+        let bad = |message: String| LandingError::BadEvent {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            message,
+        };
+        let event: Value = serde_json::from_slice(payload).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let row = flatten_event(event, msg.key(), msg.topic(), msg.partition(), msg.offset(), msg.timestamp().to_millis())
+            .map_err(bad)?;
+        if self.rows.is_empty() {
+            self.first_offset = msg.offset();
+            self.first_timestamp_ms = msg.timestamp().to_millis();
+        }
+        self.last_offset = msg.offset();
+        self.rows.push(row);
+        Ok(())
+    }
+}
+
+/// Turns a Debezium envelope into one landing row (an object keyed by landing column).
+pub fn flatten_event(
+    event: Value,
+    key: Option<&[u8]>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+) -> std::result::Result<Value, String> {
+    let Value::Object(mut event) = event else { return Err("not a JSON object".into()) };
+    // Schemas-enabled events wrap the envelope in {"schema": ..., "payload": ...}.
+    if let Some(Value::Object(payload)) = event.remove("payload") {
+        event = payload;
+    }
+    let op = match event.remove("op") {
+        Some(Value::String(op)) if matches!(op.as_str(), "c" | "u" | "d" | "r" | "t") => op,
+        other => return Err(format!("`op` must be one of c, u, d, r, t; found {other:?}")),
+    };
+    let source = match event.remove("source") {
+        Some(Value::Object(s)) => s,
+        _ => return Err("missing `source` object".into()),
+    };
+    let image = |v: Option<Value>, name: &str| match v {
+        None | Some(Value::Null) => Ok(Value::Null),
+        Some(Value::Object(o)) => Ok(Value::Object(o)),
+        Some(other) => Err(format!("`{name}` must be an object or null, found {other}")),
+    };
+    let before = image(event.remove("before"), "before")?;
+    let after = image(event.remove("after"), "after")?;
+    if op != "t" && before.is_null() && after.is_null() {
+        return Err("both `before` and `after` are null".into());
+    }
+    let text = |s: &Map<String, Value>, k: &str| match s.get(k) {
+        Some(Value::String(v)) => Value::String(v.clone()),
+        Some(Value::Bool(b)) => Value::String(b.to_string()),
+        _ => Value::Null,
+    };
+    let number = |s: &Map<String, Value>, k: &str| s.get(k).filter(|v| v.is_i64() || v.is_u64()).cloned().unwrap_or(Value::Null);
+    Ok(json!({
+        "kafka_topic": topic,
+        "kafka_partition": partition,
+        "kafka_offset": offset,
+        "kafka_timestamp_ms": timestamp_ms,
+        "key": key.map(|k| String::from_utf8_lossy(k).into_owned()),
+        "op": op,
+        "before": before,
+        "after": after,
+        "source_ts_ms": number(&source, "ts_ms"),
+        "source_lsn": number(&source, "lsn"),
+        "source_tx_id": number(&source, "txId"),
+        "source_snapshot": text(&source, "snapshot"),
+        "source_db": text(&source, "db"),
+        "source_schema": text(&source, "schema"),
+        "source_table": text(&source, "table"),
+        "ts_ms": number(&event, "ts_ms"),
+    }))
+}
+
+/// Builds the Arrow batch of landing rows; `before`/`after` struct types are inferred from the rows.
+pub fn rows_to_batch(rows: &[Value]) -> std::result::Result<RecordBatch, String> {
+    let images = rows.iter().map(|r| {
+        Ok::<_, arrow::error::ArrowError>(json!({"before": r["before"].clone(), "after": r["after"].clone()}))
+    });
+    let inferred = arrow::json::reader::infer_json_schema_from_iterator(images).map_err(|e| e.to_string())?;
+    let image_field = |name: &str| -> Field {
+        inferred
+            .field_with_name(name)
+            .map(|f| Field::new(name, f.data_type().clone(), true))
+            .unwrap_or_else(|_| Field::new(name, DataType::Null, true))
+    };
+    let mut fields = envelope_fields();
+    fields.push(image_field("before"));
+    fields.push(image_field("after"));
+    fields.extend(source_fields());
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder.serialize(rows).map_err(|e| e.to_string())?;
+    Ok(decoder.flush().map_err(|e| e.to_string())?.unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+async fn flush(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    store: &dyn ObjectStore,
+    root: &StorePath,
+    buffer: Buffer,
+    report: &mut LandingReport,
+) -> Result<()> {
+    let mut commit_to = buffer.skipped_to;
+    if !buffer.rows.is_empty() {
+        let encode_err = |message: String| LandingError::Encode {
+            topic: buffer.topic.clone(),
+            partition: buffer.partition,
+            first: buffer.first_offset,
+            last: buffer.last_offset,
+            message,
+        };
+        let batch = rows_to_batch(&buffer.rows).map_err(encode_err)?;
+        let bytes = write_parquet(&batch).map_err(|e| encode_err(e.to_string()))?;
+        let date = chrono::DateTime::from_timestamp_millis(buffer.first_timestamp_ms.unwrap_or(0))
+            .unwrap_or_default()
+            .format("%Y-%m-%d");
+        let table = buffer.topic.split_once('.').map_or(buffer.topic.as_str(), |(_, t)| t);
+        let path = root.clone().join(table_folder(table)).join(format!("date={date}")).join(format!(
+            "{}-{:020}-{:020}.parquet",
+            buffer.partition, buffer.first_offset, buffer.last_offset
+        ));
+        storage::put(store, &path, bytes).await?;
+        tracing::info!(file = %path, rows = buffer.rows.len(), "landed change file");
+        report.files += 1;
+        report.events += buffer.rows.len();
+        commit_to = Some(commit_to.map_or(buffer.last_offset, |t| t.max(buffer.last_offset)));
+    }
+    if let Some(last) = commit_to {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&buffer.topic, buffer.partition, Offset::Offset(last + 1))
+            .map_err(|source| TransportError::Kafka { servers: String::new(), action: "committing".into(), source })?;
+        consumer.commit(&tpl, CommitMode::Sync).map_err(|source| TransportError::Kafka {
+            servers: String::new(),
+            action: format!("committing offset {} of {}/{}", last + 1, buffer.topic, buffer.partition),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn write_parquet(batch: &RecordBatch) -> parquet::errors::Result<Vec<u8>> {
+    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(out)
+}
+
+/// Lists a table's landing files, ordered by partition and first offset.
+pub async fn list_files(store: &dyn ObjectStore, root: &StorePath, table: &str) -> Result<Vec<LandingFile>> {
+    let prefix = root.clone().join(table_folder(table));
+    let mut files: Vec<LandingFile> = storage::list(store, &prefix).await?.into_iter().filter_map(LandingFile::parse).collect();
+    files.sort_by_key(|f| (f.partition, f.first_offset, f.last_offset));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landing_file_names_round_trip_offsets() {
+        let f = LandingFile::parse(StorePath::from("l/public.onlineshop/date=2026-11-26/3-00000000000000000010-00000000000000000019.parquet"))
+            .expect("ours");
+        assert_eq!((f.partition, f.first_offset, f.last_offset), (3, 10, 19));
+        assert!(LandingFile::parse(StorePath::from("l/t/date=x/_SUCCESS")).is_none());
+    }
+
+    #[test]
+    fn delete_event_keeps_before_image_and_source_position() {
+        let event = json!({
+            "before": {"id": 7, "price": null}, "after": null,
+            "source": {"ts_ms": 1700000000000i64, "lsn": 1234, "txId": 99, "snapshot": "false",
+                       "db": "business", "schema": "public", "table": "onlineshop"},
+            "op": "d", "ts_ms": 1700000000001i64, "transaction": null
+        });
+        let row = flatten_event(event, Some(br#"{"id":7}"#), "p.public.onlineshop", 0, 42, Some(5)).expect("valid");
+        let batch = rows_to_batch(&[row]).expect("batch");
+        assert_eq!(batch.num_rows(), 1);
+        let schema = batch.schema();
+        assert_eq!(schema.field_with_name("after").expect("after").data_type(), &DataType::Null);
+        assert!(matches!(schema.field_with_name("before").expect("before").data_type(), DataType::Struct(_)));
+    }
+
+    #[test]
+    fn event_without_op_is_rejected_with_reason() {
+        let err = flatten_event(json!({"after": {"id": 1}, "source": {}}), None, "t", 0, 0, None).expect_err("no op");
+        assert!(err.contains("`op`"), "{err}");
+    }
+}

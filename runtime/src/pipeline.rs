@@ -1,0 +1,160 @@
+//! Runs a pipeline's stages: once in order (`--triggered`), or continuously until a signal.
+//!
+//! Every stage reads durable input and records its progress only with (or after) its durable
+//! output, so stopping between any two steps, or killing the process, loses nothing.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Pipeline;
+use crate::lakehouse::{self, Layers, LayerReport};
+use crate::landing::{self, LandingReport};
+use crate::source::{self, CaptureReport};
+use crate::wasm::{self, WasmHost};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("capture: {0}")]
+    Source(#[from] source::SourceError),
+    #[error("landing: {0}")]
+    Landing(#[from] landing::LandingError),
+    #[error("{0}")]
+    Lakehouse(#[from] lakehouse::LakehouseError),
+    #[error("{0}")]
+    Wasm(#[from] wasm::WasmError),
+    #[error("{stage} task ended abnormally: {message}")]
+    Task { stage: &'static str, message: String },
+}
+
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+/// What a run did, stage by stage.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub capture: CaptureReport,
+    pub landing: LandingReport,
+    pub layers: Vec<(String, LayerReport)>,
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "capture: {} snapshot rows, {} changes in {} transactions, slot confirmed at {}",
+            self.capture.snapshot_rows,
+            self.capture.changes,
+            self.capture.transactions,
+            pg_walstream::format_lsn(self.capture.confirmed_lsn)
+        )?;
+        writeln!(
+            f,
+            "landing: {} events into {} files ({} tombstones skipped)",
+            self.landing.events, self.landing.files, self.landing.tombstones
+        )?;
+        for (name, r) in &self.layers {
+            writeln!(f, "{name}: {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks what `weir validate` promises: the file (already parsed) and every component's exports.
+pub fn validate(pipeline: &Pipeline) -> Result<()> {
+    let host = WasmHost::new(pipeline.wasm)?;
+    Layers::load(&host, pipeline)?;
+    Ok(())
+}
+
+/// Processes everything committed so far through every stage, then returns.
+pub async fn run_triggered(pipeline: &Pipeline) -> Result<RunReport> {
+    let host = WasmHost::new(pipeline.wasm)?;
+    let mut layers = Layers::load(&host, pipeline)?;
+    let never = CancellationToken::new();
+    let capture = source::run(pipeline, true, &never).await?;
+    tracing::info!(changes = capture.changes, snapshot_rows = capture.snapshot_rows, "capture caught up");
+    let landing = landing::run(pipeline, true, &never).await?;
+    tracing::info!(events = landing.events, files = landing.files, "landing caught up");
+    let layer_reports = layers.run_once(pipeline).await?;
+    Ok(RunReport { capture, landing, layers: layer_reports })
+}
+
+/// Runs until `stop` is cancelled, then drains the lakehouse stages and returns.
+pub async fn run_continuous(pipeline: &Pipeline, stop: CancellationToken) -> Result<RunReport> {
+    let host = WasmHost::new(pipeline.wasm)?;
+    let mut layers = Layers::load(&host, pipeline)?;
+    let capture = {
+        let (p, s) = (pipeline.clone(), stop.clone());
+        tokio::spawn(async move { source::run(&p, false, &s).await })
+    };
+    let landing_task = {
+        let (p, s) = (pipeline.clone(), stop.clone());
+        tokio::spawn(async move { landing::run(&p, false, &s).await })
+    };
+    let mut totals: Vec<(String, LayerReport)> = Vec::new();
+    loop {
+        let stopping = stop.is_cancelled() || capture.is_finished() || landing_task.is_finished();
+        for (name, r) in layers.run_once(pipeline).await? {
+            match totals.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => total.add(&r),
+                None => totals.push((name, r)),
+            }
+        }
+        if stopping {
+            break;
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    stop.cancel();
+    let join = |stage: &'static str| move |e: tokio::task::JoinError| PipelineError::Task { stage, message: e.to_string() };
+    let capture = capture.await.map_err(join("capture"))??;
+    let landing = landing_task.await.map_err(join("landing"))??;
+    Ok(RunReport { capture, landing, layers: totals })
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM; a second signal exits at once.
+pub fn stop_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut signals = 0;
+        loop {
+            wait_for_signal().await;
+            signals += 1;
+            if signals == 1 {
+                tracing::info!("stopping: finishing in-flight work (signal again to exit at once)");
+                t.cancel();
+            } else {
+                // Nothing is lost: progress is only ever recorded after output is durable.
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

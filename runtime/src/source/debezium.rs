@@ -1,0 +1,363 @@
+//! Debezium's PostgreSQL change event envelope (JSON converter, schemas disabled).
+//!
+//! Values follow Debezium's default mappings: integers and floats as numbers, `date` as days since
+//! the epoch, `timestamp` as microseconds since the epoch, `timestamptz` as an ISO-8601 string in
+//! UTC, `time` as microseconds since midnight, `numeric` per `decimal.handling.mode`, everything else
+//! as its PostgreSQL text form. Unchanged TOAST values become `__debezium_unavailable_value`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use pg_walstream::RowData;
+use serde_json::{Map, Value, json};
+
+use super::{Result, SourceError, quote_ident};
+use crate::config::{DecimalHandlingMode, Pipeline};
+
+/// The placeholder Debezium writes for an unchanged TOAST value it cannot see.
+pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
+/// The connector version reported in `source.version`.
+const VERSION: &str = concat!("weir-", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_name: String,
+    pub is_key: bool,
+}
+
+/// Columns of one captured table, as the catalog describes them.
+#[derive(Debug, Clone)]
+pub struct TableSchema {
+    schema: String,
+    table: String,
+    columns: Vec<Column>,
+}
+
+impl TableSchema {
+    pub fn new(schema: &str, table: &str, columns: Vec<Column>) -> Self {
+        Self { schema: schema.to_owned(), table: table.to_owned(), columns }
+    }
+
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+
+    /// The select list for a snapshot read, in catalog order.
+    pub fn column_list(&self) -> String {
+        self.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+        }
+    }
+}
+
+/// The transaction a streamed change belongs to.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TxContext {
+    pub tx_id: i64,
+    /// The commit record's LSN (from `Begin`): orders changes across transactions.
+    pub commit_lsn: u64,
+    pub commit_ts_ms: i64,
+}
+
+/// One Kafka record to produce: a change event, or the tombstone that follows a delete.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Builds change events for the captured tables.
+pub struct EventBuilder {
+    tables: Vec<TableSchema>,
+    by_name: HashMap<String, usize>,
+    topic_prefix: String,
+    db: String,
+    slot_name: String,
+    decimal_mode: DecimalHandlingMode,
+    tombstones_on_delete: bool,
+}
+
+impl EventBuilder {
+    pub fn new(pipeline: &Pipeline, mut schemas: HashMap<String, TableSchema>) -> Self {
+        let tables: Vec<TableSchema> =
+            pipeline.source.tables.iter().filter_map(|t| schemas.remove(t)).collect();
+        let by_name = tables.iter().enumerate().map(|(i, t)| (t.qualified(), i)).collect();
+        let db = tokio_postgres::Config::from_str(&pipeline.source.connection)
+            .ok()
+            .and_then(|c| c.get_dbname().map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            tables,
+            by_name,
+            topic_prefix: pipeline.kafka.topic_prefix.clone(),
+            db,
+            slot_name: pipeline.source.slot_name.clone(),
+            decimal_mode: pipeline.source.decimal_handling_mode,
+            tombstones_on_delete: true,
+        }
+    }
+
+    pub fn tables(&self) -> &[TableSchema] {
+        &self.tables
+    }
+
+    pub fn slot_name(&self) -> &str {
+        &self.slot_name
+    }
+
+    fn table(&self, schema: &str, table: &str) -> Result<&TableSchema> {
+        let name = format!("{schema}.{table}");
+        self.by_name.get(&name).map(|&i| &self.tables[i]).ok_or_else(|| SourceError::Table {
+            table: name,
+            message: "received a change for a table that is not in `source.tables` (is the publication shared?)".into(),
+        })
+    }
+
+    fn topic(&self, table: &TableSchema) -> String {
+        format!("{}.{}", self.topic_prefix, table.qualified())
+    }
+
+    fn source_block(&self, table: &TableSchema, ts_ms: i64, snapshot: &str, tx_id: Option<i64>, lsn: u64, commit_lsn: u64) -> Value {
+        json!({
+            "version": VERSION,
+            "connector": "postgresql",
+            "name": self.topic_prefix,
+            "ts_ms": ts_ms,
+            "snapshot": snapshot,
+            "db": self.db,
+            "schema": table.schema,
+            "table": table.table,
+            "txId": tx_id,
+            "lsn": lsn,
+            "xmin": null,
+            // weir's addition: the transaction's commit LSN, so consumers can order changes by
+            // commit, then by `lsn` within it (a change's own LSN can precede an earlier commit).
+            "commit_lsn": commit_lsn,
+        })
+    }
+
+    /// A streamed insert, update or delete.
+    #[allow(clippy::too_many_arguments)]
+    pub fn change(
+        &self,
+        schema: &str,
+        table: &str,
+        op: Op,
+        before: Option<&RowData>,
+        after: Option<&RowData>,
+        lsn: u64,
+        tx: &TxContext,
+    ) -> Result<Vec<Record>> {
+        let t = self.table(schema, table)?;
+        let before_image = before.map(|r| self.image(t, r, false)).transpose()?;
+        let after_image = after.map(|r| self.image(t, r, true)).transpose()?;
+        let key_source = after_image.as_ref().or(before_image.as_ref());
+        let key = key_source.map(|img| self.key(t, img));
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let event = json!({
+            "before": before_image,
+            "after": after_image,
+            "source": self.source_block(t, tx.commit_ts_ms, "false", Some(tx.tx_id), lsn, tx.commit_lsn),
+            "op": op.code(),
+            "ts_ms": now_ms,
+            "transaction": null,
+        });
+        let key_bytes = key.map(|k| k.to_string().into_bytes());
+        let topic = self.topic(t);
+        let mut out = vec![Record { topic: topic.clone(), key: key_bytes.clone(), value: Some(event.to_string().into_bytes()) }];
+        if op == Op::Delete && self.tombstones_on_delete {
+            out.push(Record { topic, key: key_bytes, value: None });
+        }
+        Ok(out)
+    }
+
+    /// A truncate of `schema.table`: Debezium's `op: t` event, without key or images.
+    pub fn truncate(&self, qualified: &str, lsn: u64, tx: &TxContext) -> Result<Vec<Record>> {
+        let (schema, table) = qualified.split_once('.').unwrap_or(("public", qualified));
+        let t = self.table(schema, table)?;
+        let event = json!({
+            "before": null,
+            "after": null,
+            "source": self.source_block(t, tx.commit_ts_ms, "false", Some(tx.tx_id), lsn, tx.commit_lsn),
+            "op": "t",
+            "ts_ms": chrono::Utc::now().timestamp_millis(),
+            "transaction": null,
+        });
+        Ok(vec![Record { topic: self.topic(t), key: None, value: Some(event.to_string().into_bytes()) }])
+    }
+
+    /// A snapshot read (`op: r`) of one row, values in the table's column order.
+    pub fn snapshot_row(
+        &self,
+        table: &TableSchema,
+        values: &[Option<String>],
+        lsn: u64,
+        ts_ms: i64,
+        last: bool,
+    ) -> Result<Vec<Record>> {
+        let mut after = Map::new();
+        for (column, value) in table.columns.iter().zip(values) {
+            after.insert(column.name.clone(), self.value(column, value.as_deref()));
+        }
+        let after = Value::Object(after);
+        let key = self.key(table, &after);
+        let event = json!({
+            "before": null,
+            "after": after,
+            "source": self.source_block(table, ts_ms, if last { "last" } else { "true" }, None, lsn, lsn),
+            "op": "r",
+            "ts_ms": chrono::Utc::now().timestamp_millis(),
+            "transaction": null,
+        });
+        Ok(vec![Record {
+            topic: self.topic(table),
+            key: Some(key.to_string().into_bytes()),
+            value: Some(event.to_string().into_bytes()),
+        }])
+    }
+
+    /// The row image: every column of the table; columns missing from a new image are unchanged
+    /// TOAST values, and columns missing from an old image were not logged (REPLICA IDENTITY DEFAULT).
+    fn image(&self, table: &TableSchema, row: &RowData, is_new: bool) -> Result<Value> {
+        let mut out = Map::new();
+        for column in &table.columns {
+            let value = match row.get(&column.name) {
+                Some(v) => self.value(column, v.as_str()),
+                None if is_new => Value::String(UNAVAILABLE_VALUE.into()),
+                None => Value::Null,
+            };
+            out.insert(column.name.clone(), value);
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// The event key: the primary key columns (all columns for a keyless REPLICA IDENTITY FULL table).
+    fn key(&self, table: &TableSchema, image: &Value) -> Value {
+        let has_key = table.columns.iter().any(|c| c.is_key);
+        let mut key = Map::new();
+        for column in table.columns.iter().filter(|c| c.is_key || !has_key) {
+            key.insert(column.name.clone(), image.get(&column.name).cloned().unwrap_or(Value::Null));
+        }
+        Value::Object(key)
+    }
+
+    fn value(&self, column: &Column, text: Option<&str>) -> Value {
+        match text {
+            None => Value::Null,
+            Some(text) => convert(column.type_oid, text, self.decimal_mode),
+        }
+    }
+}
+
+/// PostgreSQL text output → Debezium's JSON value for the type.
+pub fn convert(type_oid: u32, text: &str, decimal_mode: DecimalHandlingMode) -> Value {
+    let as_text = || Value::String(text.to_owned());
+    match type_oid {
+        16 => Value::Bool(text == "t"),
+        20 | 21 | 23 | 26 => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| as_text()),
+        700 | 701 => match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Value::from(f),
+            _ => as_text(),
+        },
+        1700 => match decimal_mode {
+            DecimalHandlingMode::String => as_text(),
+            DecimalHandlingMode::Double => match text.parse::<f64>() {
+                Ok(f) if f.is_finite() => Value::from(f),
+                _ => as_text(),
+            },
+        },
+        // date: io.debezium.time.Date, days since the epoch.
+        1082 => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| NaiveDate::from_ymd_opt(1970, 1, 1).map(|epoch| (d - epoch).num_days()))
+            .map(Value::from)
+            .unwrap_or_else(as_text),
+        // time: io.debezium.time.MicroTime.
+        1083 => NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
+            .ok()
+            .map(|t| Value::from((t - NaiveTime::MIN).num_microseconds().unwrap_or(0)))
+            .unwrap_or_else(as_text),
+        // timestamp: io.debezium.time.MicroTimestamp.
+        1114 => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+            .ok()
+            .map(|t| Value::from(t.and_utc().timestamp_micros()))
+            .unwrap_or_else(as_text),
+        // timestamptz: io.debezium.time.ZonedTimestamp, ISO-8601 in UTC.
+        1184 => parse_timestamptz(text)
+            .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
+            .unwrap_or_else(as_text),
+        _ => as_text(),
+    }
+}
+
+fn parse_timestamptz(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    // PostgreSQL prints offsets as `+00`, `+05:30` or `-03`; chrono wants minutes too.
+    let (head, sign_pos) = match text.rfind(['+', '-']) {
+        Some(p) if p > 10 => (&text[..p], p),
+        _ => return None,
+    };
+    let offset = &text[sign_pos..];
+    let offset = if offset.len() == 3 { format!("{offset}:00") } else { offset.to_owned() };
+    chrono::DateTime::parse_from_str(&format!("{head}{offset}"), "%Y-%m-%d %H:%M:%S%.f%:z")
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_days_since_epoch_as_debezium_encodes_them() {
+        assert_eq!(convert(1082, "2019-12-09", DecimalHandlingMode::String), json!(18239));
+        assert_eq!(convert(1082, "1970-01-01", DecimalHandlingMode::String), json!(0));
+    }
+
+    #[test]
+    fn numeric_follows_decimal_handling_mode() {
+        assert_eq!(convert(1700, "21.47", DecimalHandlingMode::String), json!("21.47"));
+        assert_eq!(convert(1700, "21.47", DecimalHandlingMode::Double), json!(21.47));
+        assert_eq!(convert(1700, "NaN", DecimalHandlingMode::Double), json!("NaN"));
+    }
+
+    #[test]
+    fn timestamps_follow_debezium_time_types() {
+        assert_eq!(convert(1114, "1970-01-01 00:00:01.5", DecimalHandlingMode::String), json!(1_500_000));
+        assert_eq!(convert(1184, "2019-12-09 10:00:00+02", DecimalHandlingMode::String), json!("2019-12-09T08:00:00Z"));
+        assert_eq!(convert(1083, "00:00:02", DecimalHandlingMode::String), json!(2_000_000));
+    }
+
+    #[test]
+    fn integers_booleans_and_text_keep_their_json_types() {
+        assert_eq!(convert(23, "-12", DecimalHandlingMode::String), json!(-12));
+        assert_eq!(convert(16, "t", DecimalHandlingMode::String), json!(true));
+        assert_eq!(convert(25, "85123A", DecimalHandlingMode::String), json!("85123A"));
+    }
+}

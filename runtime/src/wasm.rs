@@ -1,0 +1,326 @@
+//! The component host: runs each layer's transform as a sandboxed WebAssembly component.
+//!
+//! One [`WasmHost`] (one wasmtime `Engine`) per process; components are compiled once (and cached on
+//! disk by wasmtime, keyed by the component's hash and the engine's version) and instantiated per
+//! worker. Guests get no files, sockets or environment; every call runs under a memory cap and an
+//! epoch deadline (and optional fuel). A trap, timeout, limit hit or bad IPC fails that batch with a
+//! [`WasmError`] naming the component, the stage, the batch and the cause; the host never dies.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::WasmLimits;
+
+mod row {
+    wasmtime::component::bindgen!({ path: "../wit", world: "row-transform" });
+}
+mod agg {
+    wasmtime::component::bindgen!({ path: "../wit", world: "aggregate" });
+}
+
+/// Epoch ticks per second: the time budget's resolution.
+const TICKS_PER_SECOND: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    #[error("component {component}: cannot load: {message}")]
+    Load { component: PathBuf, message: String },
+    #[error("component {component} does not export the `{world}` world of weir:transform: {message}")]
+    WrongWorld { component: PathBuf, world: &'static str, message: String },
+    #[error("{stage} component {component} rejected its configuration: {message}")]
+    Configure { stage: String, component: PathBuf, message: String },
+    #[error("{stage} component {component} failed on batch {batch}: {cause}")]
+    Batch { stage: String, component: PathBuf, batch: String, cause: String },
+}
+
+pub type Result<T, E = WasmError> = std::result::Result<T, E>;
+
+/// Which WIT world a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    RowTransform,
+    Aggregate,
+}
+
+impl World {
+    fn name(self) -> &'static str {
+        match self {
+            World::RowTransform => "row-transform",
+            World::Aggregate => "aggregate",
+        }
+    }
+}
+
+/// The process-wide engine with its epoch ticker.
+#[derive(Clone)]
+pub struct WasmHost {
+    engine: Engine,
+    limits: WasmLimits,
+    _ticker: Arc<Ticker>,
+}
+
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasmHost {
+    pub fn new(limits: WasmLimits) -> Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.consume_fuel(limits.fuel.is_some());
+        // The on-disk cache makes restarts skip Cranelift; failing to set it up only costs time.
+        match wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(e) => tracing::warn!(error = %e, "wasm compilation cache unavailable"),
+        }
+        let engine = Engine::new(&config)
+            .map_err(|e| WasmError::Load { component: PathBuf::new(), message: e.to_string() })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticking_engine, ticking_stop) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("weir-wasm-epoch".into())
+            .spawn(move || {
+                while !ticking_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1000 / TICKS_PER_SECOND));
+                    ticking_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| WasmError::Load { component: PathBuf::new(), message: e.to_string() })?;
+        Ok(Self { engine, limits, _ticker: Arc::new(Ticker(stop)) })
+    }
+
+    /// Compiles a component and checks that it exports `world`.
+    pub fn load(&self, path: &Path, world: World) -> Result<LoadedComponent> {
+        let load_err = |message: String| WasmError::Load { component: path.to_owned(), message };
+        let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
+        let component = Component::new(&self.engine, &bytes).map_err(|e| load_err(format!("{e:#}")))?;
+        let mut linker: Linker<GuestState> = Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_err(e.to_string()))?;
+        let wrong = |e: wasmtime::Error| WasmError::WrongWorld {
+            component: path.to_owned(),
+            world: world.name(),
+            message: format!("{e:#}"),
+        };
+        let pre = match world {
+            World::RowTransform => {
+                row::RowTransform::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong)?;
+                let pre = linker.instantiate_pre(&component).map_err(wrong)?;
+                Pre::Row(row::RowTransformPre::new(pre).map_err(wrong)?)
+            }
+            World::Aggregate => {
+                agg::Aggregate::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong)?;
+                let pre = linker.instantiate_pre(&component).map_err(wrong)?;
+                Pre::Agg(agg::AggregatePre::new(pre).map_err(wrong)?)
+            }
+        };
+        Ok(LoadedComponent { host: self.clone(), path: path.to_owned(), pre })
+    }
+}
+
+enum Pre {
+    Row(row::RowTransformPre<GuestState>),
+    Agg(agg::AggregatePre<GuestState>),
+}
+
+/// A compiled, link-checked component, ready to instantiate per worker.
+pub struct LoadedComponent {
+    host: WasmHost,
+    path: PathBuf,
+    pre: Pre,
+}
+
+impl LoadedComponent {
+    /// Instantiates the component for `stage` and hands it its configuration.
+    pub fn instantiate(&self, stage: &str, config: &serde_json::Value) -> Result<Transform> {
+        let mut transform = Transform {
+            stage: stage.to_owned(),
+            component: self.path.clone(),
+            limits: self.host.limits,
+            store: new_store(&self.host.engine, self.host.limits, &self.path),
+            instance: Instance::Row(None),
+        };
+        let load_err = |e: wasmtime::Error| WasmError::Load { component: self.path.clone(), message: format!("{e:#}") };
+        transform.arm();
+        transform.instance = match &self.pre {
+            Pre::Row(pre) => Instance::Row(Some(pre.instantiate(&mut transform.store).map_err(load_err)?)),
+            Pre::Agg(pre) => Instance::Agg(pre.instantiate(&mut transform.store).map_err(load_err)?),
+        };
+        let config_json = config.to_string();
+        transform.arm();
+        let outcome = match &transform.instance {
+            Instance::Row(Some(i)) => i.call_configure(&mut transform.store, &config_json),
+            Instance::Row(None) => unreachable!("instantiated above"),
+            Instance::Agg(i) => i.call_configure(&mut transform.store, &config_json),
+        };
+        let configure_err = |message: String| WasmError::Configure {
+            stage: stage.to_owned(),
+            component: self.path.clone(),
+            message,
+        };
+        match outcome {
+            Ok(Ok(())) => Ok(transform),
+            Ok(Err(e)) => Err(configure_err(e.message)),
+            Err(trap) => Err(configure_err(format!("{trap:#}"))),
+        }
+    }
+}
+
+enum Instance {
+    Row(Option<row::RowTransform>),
+    Agg(agg::Aggregate),
+}
+
+/// One instance of a component, owned by one worker.
+pub struct Transform {
+    stage: String,
+    component: PathBuf,
+    limits: WasmLimits,
+    store: Store<GuestState>,
+    instance: Instance,
+}
+
+impl Transform {
+    /// Runs one batch through the component. `batch_label` names the batch in errors
+    /// (e.g. the landing file, or the Delta versions it came from).
+    pub fn call(&mut self, batch: &RecordBatch, batch_label: &str) -> Result<RecordBatch> {
+        let fail = |cause: String| WasmError::Batch {
+            stage: self.stage.clone(),
+            component: self.component.clone(),
+            batch: batch_label.to_owned(),
+            cause,
+        };
+        let input = encode_ipc(batch).map_err(|e| fail(format!("cannot encode input: {e}")))?;
+        self.arm();
+        let outcome = match &self.instance {
+            Instance::Row(Some(i)) => i.call_transform(&mut self.store, &input),
+            Instance::Row(None) => unreachable!("instantiated on creation"),
+            Instance::Agg(i) => i.call_aggregate(&mut self.store, &input),
+        };
+        let output = match outcome {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                let at = e.row.map(|r| format!("row {r}: ")).unwrap_or_default();
+                return Err(fail(format!("{at}{}", e.message)));
+            }
+            Err(trap) => return Err(fail(describe_trap(&trap, self.limits))),
+        };
+        decode_ipc(&output).map_err(|e| fail(format!("returned invalid Arrow IPC: {e}")))
+    }
+
+    /// Counters the guest reported through `host.count`, since instantiation.
+    pub fn counters(&self) -> &BTreeMap<String, u64> {
+        &self.store.data().counters
+    }
+
+    /// Resets the per-call budgets: the epoch deadline and, if configured, the fuel.
+    fn arm(&mut self) {
+        let ticks = (self.limits.timeout_ms * TICKS_PER_SECOND).div_ceil(1000).max(1);
+        self.store.set_epoch_deadline(ticks);
+        if let Some(fuel) = self.limits.fuel {
+            // Fuel is enabled in the engine exactly when configured, so this cannot fail.
+            let _ = self.store.set_fuel(fuel);
+        }
+    }
+}
+
+fn describe_trap(trap: &wasmtime::Error, limits: WasmLimits) -> String {
+    match trap.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => format!("exceeded its time budget of {} ms", limits.timeout_ms),
+        Some(wasmtime::Trap::OutOfFuel) => format!("ran out of fuel ({} units)", limits.fuel.unwrap_or(0)),
+        _ => {
+            let text = format!("{trap:#}");
+            if text.contains("memory") && text.contains("limit") || text.contains("memory.grow") {
+                format!("hit the memory limit of {} MiB: {text}", limits.memory_limit_bytes >> 20)
+            } else {
+                format!("trapped: {text}")
+            }
+        }
+    }
+}
+
+fn new_store(engine: &Engine, limits: WasmLimits, path: &Path) -> Store<GuestState> {
+    let state = GuestState {
+        // Nothing inherited: no preopened folders, no environment, no arguments, no network.
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new().memory_size(limits.memory_limit_bytes).instances(4).trap_on_grow_failure(true).build(),
+        counters: BTreeMap::new(),
+        component: path.display().to_string(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_trap();
+    store
+}
+
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    counters: BTreeMap<String, u64>,
+    component: String,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+macro_rules! impl_host {
+    ($m:ident) => {
+        impl $m::weir::transform::host::Host for GuestState {
+            fn log(&mut self, level: $m::weir::transform::host::Level, message: String) {
+                use $m::weir::transform::host::Level;
+                let component = self.component.as_str();
+                match level {
+                    Level::Trace => tracing::trace!(component, "{message}"),
+                    Level::Debug => tracing::debug!(component, "{message}"),
+                    Level::Info => tracing::info!(component, "{message}"),
+                    Level::Warn => tracing::warn!(component, "{message}"),
+                    Level::Error => tracing::error!(component, "{message}"),
+                }
+            }
+
+            fn count(&mut self, name: String, delta: u64) {
+                *self.counters.entry(name).or_default() += delta;
+            }
+        }
+        impl $m::weir::transform::types::Host for GuestState {}
+    };
+}
+impl_host!(row);
+impl_host!(agg);
+
+/// Arrow IPC stream bytes for one batch: the format of every call across the boundary.
+pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Reads an Arrow IPC stream back into one batch (concatenating if the guest wrote several).
+pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let reader = arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    arrow::compute::concat_batches(&schema, &batches)
+}

@@ -1,0 +1,227 @@
+//! Fixtures for weir's integration tests: the shared PostgreSQL and broker that `scripts/services`
+//! starts, a fresh database, slot, topic prefix and table folder per test, and comparisons of the
+//! lakehouse tables with the source.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::SinkExt;
+use tokio_postgres::{Client, NoTls};
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Addresses of the shared services, from the environment or `target/services/env`.
+pub struct Services {
+    pub pg_port: String,
+    pub kafka: String,
+}
+
+impl Services {
+    pub fn get() -> Result<Self> {
+        let mut pg_port = std::env::var("WEIR_PG_PORT").ok();
+        let mut kafka = std::env::var("WEIR_KAFKA_BOOTSTRAP").ok();
+        if pg_port.is_none() || kafka.is_none() {
+            let env_file = repo_root().join("target/services/env");
+            let text = std::fs::read_to_string(&env_file)
+                .with_context(|| format!("no services: run `scripts/services up` (read {})", env_file.display()))?;
+            for line in text.lines() {
+                let line = line.trim_start_matches("export ");
+                if let Some(v) = line.strip_prefix("WEIR_PG_PORT=") {
+                    pg_port.get_or_insert(v.to_owned());
+                }
+                if let Some(v) = line.strip_prefix("WEIR_KAFKA_BOOTSTRAP=") {
+                    kafka.get_or_insert(v.to_owned());
+                }
+            }
+        }
+        match (pg_port, kafka) {
+            (Some(pg_port), Some(kafka)) => Ok(Self { pg_port, kafka }),
+            _ => bail!("WEIR_PG_PORT and WEIR_KAFKA_BOOTSTRAP are not set; run `scripts/services up`"),
+        }
+    }
+
+    pub fn pg_url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.pg_port)
+    }
+}
+
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's private world: database, slot, topics, consumer group and lakehouse folder.
+pub struct TestPipeline {
+    pub name: String,
+    pub services: Services,
+    pub dir: tempfile::TempDir,
+    pub db: Client,
+}
+
+impl TestPipeline {
+    /// Creates database `<test>_<pid>_<n>` with the onlineshop table, empty.
+    pub async fn new(test: &str) -> Result<Self> {
+        let services = Services::get()?;
+        let name = format!("{test}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let admin = connect(&services.pg_url("postgres")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.context("creating the test database")?;
+        let db = connect(&services.pg_url(&name)).await?;
+        let schema = std::fs::read_to_string(repo_root().join("pipelines/onlineshop/schema.sql"))?;
+        db.batch_execute(&schema).await.context("creating the onlineshop table")?;
+        Ok(Self { name, services, dir: tempfile::tempdir()?, db })
+    }
+
+    /// Loads the sample data set (1,305 rows) the way the quickstart does.
+    pub async fn load_sample(&self) -> Result<u64> {
+        let csv = std::fs::read(repo_root().join("pipelines/onlineshop/onlineshop-sample.csv"))?;
+        self.db.batch_execute("SET datestyle = 'ISO, MDY'").await?;
+        let sink = self
+            .db
+            .copy_in(
+                "COPY onlineshop (transactionno, date, productno, productname, price, quantity, customerno, country) \
+                 FROM STDIN WITH (FORMAT csv, HEADER true)",
+            )
+            .await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(csv)).await?;
+        Ok(sink.finish().await?)
+    }
+
+    /// Writes this test's pipeline file (the onlineshop pipeline, renamed) and parses it.
+    pub fn pipeline(&self) -> Result<weir::config::Pipeline> {
+        let guests = repo_root().join("guest-examples/target/wasm32-wasip2/release");
+        let lake = self.dir.path().join("lakehouse");
+        let text = format!(
+            r#"
+[pipeline]
+name = "{name}"
+
+[source]
+connection = "{url}"
+slot_name = "{name}"
+publication_name = "{name}"
+tables = ["public.onlineshop"]
+decimal_handling_mode = "string"
+
+[kafka]
+bootstrap_servers = "{kafka}"
+topic_prefix = "{name}"
+
+[landing]
+location = "{lake}/landing-zone"
+
+[bronze]
+component = "{guests}/bronze_cleanup.wasm"
+table = "{lake}/bronze/onlineshop"
+
+[silver]
+component = "{guests}/silver_dedup.wasm"
+table = "{lake}/silver/onlineshop"
+keys = ["id"]
+sequence_by = ["commit_lsn", "lsn"]
+
+[gold.sales_report]
+component = "{guests}/gold_aggregates.wasm"
+table = "{lake}/gold/sales_report"
+keys = ["productno"]
+count_column = "order_lines"
+"#,
+            name = self.name,
+            url = self.services.pg_url(&self.name),
+            kafka = self.services.kafka,
+            lake = lake.display(),
+            guests = guests.display(),
+        );
+        let path = self.dir.path().join("pipeline.toml");
+        std::fs::write(&path, text)?;
+        Ok(weir::config::Pipeline::load(&path)?)
+    }
+}
+
+/// Rows as text, for comparing tables across systems.
+pub fn rows_as_text(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in batches {
+        let formatters = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..b.num_rows() {
+            out.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of a PostgreSQL query as text (every column must be cast to text in the query).
+pub async fn pg_rows(db: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
+    let rows = db.query(sql, &[]).await.with_context(|| format!("running {sql}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.get::<_, Option<String>>(i).unwrap_or_else(|| "NULL".into())).collect())
+        .collect())
+}
+
+/// Silver must equal `SELECT * FROM onlineshop`, row for row.
+pub async fn assert_silver_equals_source(t: &TestPipeline, pipeline: &weir::config::Pipeline) -> Result<usize> {
+    let silver = weir::lakehouse::query(
+        pipeline,
+        "SELECT CAST(id AS VARCHAR), transactionno, CAST(date AS VARCHAR), productno, productname, \
+         CAST(price AS VARCHAR), CAST(quantity AS VARCHAR), customerno, country FROM silver ORDER BY id",
+    )
+    .await?;
+    let silver = rows_as_text(&silver)?;
+    let source = pg_rows(
+        &t.db,
+        "SELECT id::text, transactionno, date::text, productno, productname, price::text, quantity::text, \
+         customerno, country FROM onlineshop ORDER BY id",
+    )
+    .await?;
+    assert_same_rows("silver", &silver, "source", &source)?;
+    Ok(source.len())
+}
+
+/// Gold must equal the same GROUP BY computed by PostgreSQL.
+pub async fn assert_gold_equals_group_by(t: &TestPipeline, pipeline: &weir::config::Pipeline) -> Result<usize> {
+    let gold = weir::lakehouse::query(
+        pipeline,
+        "SELECT productno, CAST(total_quantity AS VARCHAR), CAST(total_sales AS VARCHAR), CAST(order_lines AS VARCHAR) \
+         FROM gold_sales_report ORDER BY productno",
+    )
+    .await?;
+    let gold = rows_as_text(&gold)?;
+    let source = pg_rows(
+        &t.db,
+        "SELECT productno, sum(quantity)::text, sum(price * quantity)::text, count(*)::text \
+         FROM onlineshop GROUP BY productno ORDER BY productno COLLATE \"C\"",
+    )
+    .await?;
+    assert_same_rows("gold", &gold, "PostgreSQL GROUP BY", &source)?;
+    Ok(source.len())
+}
+
+fn assert_same_rows(left_name: &str, left: &[Vec<String>], right_name: &str, right: &[Vec<String>]) -> Result<()> {
+    for (i, (l, r)) in left.iter().zip(right).enumerate() {
+        if l != r {
+            bail!("row {i} differs:\n  {left_name}: {l:?}\n  {right_name}: {r:?}");
+        }
+    }
+    if left.len() != right.len() {
+        let extra = if left.len() > right.len() { &left[right.len()] } else { &right[left.len()] };
+        bail!("{left_name} has {} rows, {right_name} has {}; first extra row: {extra:?}", left.len(), right.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! The onlineshop pipeline, end to end against real services: PostgreSQL's WAL → Kafka → Parquet
+//! landing files → bronze → silver → gold Delta tables, with each layer's logic in a Wasm component.
+
+use anyhow::Result;
+use weir_tests::{TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggered_runs_keep_silver_equal_to_source_and_gold_equal_to_group_by() -> Result<()> {
+    let t = TestPipeline::new("e2e").await?;
+    let loaded = t.load_sample().await?;
+    assert_eq!(loaded, 1305);
+    let pipeline = t.pipeline()?;
+
+    // First run: the initial snapshot flows through every stage.
+    let report = weir::pipeline::run_triggered(&pipeline).await?;
+    assert_eq!(report.capture.snapshot_rows, 1305, "{report}");
+    assert_eq!(assert_silver_equals_source(&t, &pipeline).await?, 1305);
+    assert!(assert_gold_equals_group_by(&t, &pipeline).await? > 0);
+
+    // Live changes, including a row inserted and deleted in one transaction and a row updated twice.
+    t.db.batch_execute(
+        "BEGIN;
+         INSERT INTO onlineshop (transactionno, date, productno, productname, price, quantity, customerno, country)
+           VALUES ('C999001', '2019-12-10', '85123A', 'White Hanging Heart T-Light Holder', 2.55, -6, NULL, 'France');
+         INSERT INTO onlineshop (transactionno, date, productno, productname, price, quantity, customerno, country)
+           VALUES ('999002', '2019-12-10', '22485', 'Short-lived row', 1.00, 1, '1', 'Norway');
+         DELETE FROM onlineshop WHERE transactionno = '999002';
+         COMMIT;
+         UPDATE onlineshop SET quantity = quantity + 100 WHERE id = 10;
+         UPDATE onlineshop SET quantity = quantity + 1, price = 99.99 WHERE id = 10;
+         UPDATE onlineshop SET productno = '22596' WHERE id = 20;
+         DELETE FROM onlineshop WHERE id IN (1, 2, 3);
+         DELETE FROM onlineshop WHERE productno = '23235';",
+    )
+    .await?;
+    let report = weir::pipeline::run_triggered(&pipeline).await?;
+    assert_eq!(report.capture.snapshot_rows, 0, "no second snapshot: {report}");
+    assert!(report.capture.changes >= 8, "{report}");
+    let rows = assert_silver_equals_source(&t, &pipeline).await?;
+    assert!(rows < 1305, "deletes reached silver: {rows} rows");
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+
+    // Nothing new: a third run changes nothing and still agrees.
+    let report = weir::pipeline::run_triggered(&pipeline).await?;
+    assert_eq!(report.capture.changes, 0, "{report}");
+    assert_silver_equals_source(&t, &pipeline).await?;
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    Ok(())
+}

@@ -58,6 +58,7 @@ fn source_fields() -> Vec<Field> {
     vec![
         Field::new("source_ts_ms", DataType::Int64, true),
         Field::new("source_lsn", DataType::Int64, true),
+        Field::new("source_commit_lsn", DataType::Int64, true),
         Field::new("source_tx_id", DataType::Int64, true),
         Field::new("source_snapshot", DataType::Utf8, true),
         Field::new("source_db", DataType::Utf8, true),
@@ -294,6 +295,8 @@ pub fn flatten_event(
         "after": after,
         "source_ts_ms": number(&source, "ts_ms"),
         "source_lsn": number(&source, "lsn"),
+        // Debezium's own events lack it; ordering then falls back to the change's LSN.
+        "source_commit_lsn": source.get("commit_lsn").filter(|v| v.is_u64() || v.is_i64()).or_else(|| source.get("lsn")).cloned().unwrap_or(Value::Null),
         "source_tx_id": number(&source, "txId"),
         "source_snapshot": text(&source, "snapshot"),
         "source_db": text(&source, "db"),

@@ -94,7 +94,8 @@ pub async fn run(pipeline: &Pipeline, until_current: bool, stop: &CancellationTo
         .await
         .map_err(pg("looking up the replication slot"))?
         .is_some();
-    let needs_snapshot = src.snapshot_mode == SnapshotMode::Initial && !state.snapshot_completed;
+    // A missing slot means changes since the last run are gone from the WAL's view: snapshot again.
+    let needs_snapshot = src.snapshot_mode == SnapshotMode::Initial && (!state.snapshot_completed || !slot_exists);
     if slot_exists && needs_snapshot {
         // A snapshot cut short leaves a slot whose exported snapshot is gone: start over.
         tracing::warn!(slot = %src.slot_name, "previous initial snapshot did not complete; recreating the slot");

@@ -113,7 +113,13 @@ impl ChangeProducer {
         if let Some(v) = value {
             record = record.payload(v);
         }
-        let queued = self.producer.send_result(record);
+        // A full local queue is back-pressure: wait for deliveries to drain it. Retrying right here
+        // (not in the returned future) keeps records in the order they were handed to us.
+        let mut queued = self.producer.send_result(record);
+        while let Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) = queued {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            queued = self.producer.send_result(returned);
+        }
         let servers = self.servers.clone();
         let topic = topic.to_owned();
         async move {

@@ -1,4 +1,4 @@
-//! Bronze layer: Debezium change events of the `sales` table, as landed from Kafka, become typed
+//! Bronze layer: Debezium change events of the `onlineshop` table, as landed from Kafka, become typed
 //! rows with their change metadata.
 //!
 //! A delete carries its row in `before` (under `REPLICA IDENTITY DEFAULT` only the key is set

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Pipeline;
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "PostgreSQL CDC → Kafka → bronze/silver/gold Delta tables, with Wasm transforms")]
+#[command(
+    name = "weir",
+    version,
+    about = "PostgreSQL CDC → Kafka → bronze/silver/gold Delta tables, with Wasm transforms"
+)]
 struct Cli {
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -52,7 +56,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -84,12 +91,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Validate { file } => {
             let pipeline = Pipeline::load(&file)?;
             crate::pipeline::validate(&pipeline)?;
-            println!("{}: valid ({} layers, components export the right worlds)", file.display(), pipeline.layers().len());
+            println!(
+                "{}: valid ({} layers, components export the right worlds)",
+                file.display(),
+                pipeline.layers().len()
+            );
             Ok(())
         }
         Command::Query { file, sql } => {
             let pipeline = Pipeline::load(&file)?;
-            let batches = crate::lakehouse::query(&pipeline, &sql).await.with_context(|| format!("running `{sql}`"))?;
+            let batches = crate::lakehouse::query(&pipeline, &sql)
+                .await
+                .with_context(|| format!("running `{sql}`"))?;
             println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
             Ok(())
         }
@@ -98,8 +111,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info,pg_walstream=warn,deltalake=warn,datafusion=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,weir=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -16,11 +16,19 @@ use toml::Spanned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read pipeline file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}:{line}: `{key}`: {message}")]
-    Invalid { path: PathBuf, line: usize, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -294,7 +302,11 @@ struct RawWasm {
 
 impl Default for RawWasm {
     fn default() -> Self {
-        Self { memory_limit_mb: default_memory_mb(), timeout_ms: default_timeout_ms(), fuel: None }
+        Self {
+            memory_limit_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+            fuel: None,
+        }
     }
 }
 
@@ -308,30 +320,54 @@ fn default_timeout_ms() -> u64 {
 impl Pipeline {
     /// Reads, parses and checks a pipeline file. Component files are checked by `weir validate`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, text)
     }
 
     pub fn parse(path: &Path, text: String) -> Result<Self> {
-        let raw: RawFile = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let raw: RawFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let ctx = Ctx { path, text: &text, base: &base };
+        let ctx = Ctx {
+            path,
+            text: &text,
+            base: &base,
+        };
 
         let name = raw.pipeline.name.get_ref().clone();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(ctx.invalid(&raw.pipeline.name, "pipeline.name", "use letters, digits, '_' and '-' only"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ctx.invalid(
+                &raw.pipeline.name,
+                "pipeline.name",
+                "use letters, digits, '_' and '-' only",
+            ));
         }
         let slug = name.replace('-', "_");
 
         let tables = raw.source.tables.get_ref().clone();
         if tables.is_empty() {
-            return Err(ctx.invalid(&raw.source.tables, "source.tables", "name at least one `schema.table`"));
+            return Err(ctx.invalid(
+                &raw.source.tables,
+                "source.tables",
+                "name at least one `schema.table`",
+            ));
         }
         for t in &tables {
             if t.split('.').count() != 2 {
-                return Err(ctx.invalid(&raw.source.tables, "source.tables", &format!("`{t}` is not `schema.table`")));
+                return Err(ctx.invalid(
+                    &raw.source.tables,
+                    "source.tables",
+                    &format!("`{t}` is not `schema.table`"),
+                ));
             }
         }
         let landing_location = ctx.location(&raw.landing.location, "landing.location")?;
@@ -342,14 +378,22 @@ impl Pipeline {
 
         let silver_keys = raw.silver.keys.get_ref().clone();
         if silver_keys.is_empty() {
-            return Err(ctx.invalid(&raw.silver.keys, "silver.keys", "name at least one key column"));
+            return Err(ctx.invalid(
+                &raw.silver.keys,
+                "silver.keys",
+                "name at least one key column",
+            ));
         }
         let mut gold = BTreeMap::new();
         for (gold_name, g) in raw.gold {
             let key = format!("gold.{gold_name}");
             let keys = g.keys.get_ref().clone();
             if keys.is_empty() {
-                return Err(ctx.invalid(&g.keys, &format!("{key}.keys"), "name at least one group column"));
+                return Err(ctx.invalid(
+                    &g.keys,
+                    &format!("{key}.keys"),
+                    "name at least one group column",
+                ));
             }
             gold.insert(
                 gold_name,
@@ -386,15 +430,25 @@ impl Pipeline {
                 heartbeat_interval_ms: raw.source.heartbeat_interval_ms,
             },
             kafka: KafkaConfig {
-                bootstrap_servers: ctx.expand(&raw.kafka.bootstrap_servers, "kafka.bootstrap_servers")?,
+                bootstrap_servers: ctx
+                    .expand(&raw.kafka.bootstrap_servers, "kafka.bootstrap_servers")?,
                 topic_prefix: raw.kafka.topic_prefix,
                 group_id: raw.kafka.group_id.unwrap_or_else(|| format!("weir-{name}")),
                 partitions: raw.kafka.partitions,
                 replication_factor: raw.kafka.replication_factor,
                 options,
             },
-            landing: LandingConfig { location: landing_location, max_rows_per_file: raw.landing.max_rows_per_file.max(1) },
-            bronze: ctx.layer(&raw.bronze.component, &raw.bronze.table, raw.bronze.config, raw.bronze.partition_by, "bronze")?,
+            landing: LandingConfig {
+                location: landing_location,
+                max_rows_per_file: raw.landing.max_rows_per_file.max(1),
+            },
+            bronze: ctx.layer(
+                &raw.bronze.component,
+                &raw.bronze.table,
+                raw.bronze.config,
+                raw.bronze.partition_by,
+                "bronze",
+            )?,
             silver: SilverConfig {
                 layer: ctx.layer(
                     &raw.silver.component,
@@ -427,14 +481,24 @@ impl Pipeline {
 
     /// Every layer with a component, named as in the file (`bronze`, `silver`, `gold.<name>`).
     pub fn layers(&self) -> Vec<(String, &LayerConfig)> {
-        let mut out = vec![("bronze".to_owned(), &self.bronze), ("silver".to_owned(), &self.silver.layer)];
-        out.extend(self.gold.iter().map(|(n, g)| (format!("gold.{n}"), &g.layer)));
+        let mut out = vec![
+            ("bronze".to_owned(), &self.bronze),
+            ("silver".to_owned(), &self.silver.layer),
+        ];
+        out.extend(
+            self.gold
+                .iter()
+                .map(|(n, g)| (format!("gold.{n}"), &g.layer)),
+        );
         out
     }
 
     /// The line of the first occurrence of `needle` in the file, for errors found after parsing.
     pub fn line_of(&self, needle: &str) -> usize {
-        self.text.lines().position(|l| l.contains(needle)).map_or(0, |i| i + 1)
+        self.text
+            .lines()
+            .position(|l| l.contains(needle))
+            .map_or(0, |i| i + 1)
     }
 }
 
@@ -446,7 +510,10 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn line(&self, span: Range<usize>) -> usize {
-        self.text[..span.start.min(self.text.len())].lines().count().max(1)
+        self.text[..span.start.min(self.text.len())]
+            .lines()
+            .count()
+            .max(1)
     }
 
     fn invalid<T>(&self, at: &Spanned<T>, key: &str, message: &str) -> ConfigError {
@@ -466,10 +533,17 @@ impl Ctx<'_> {
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| self.invalid(value, key, "unclosed `${`"))?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| self.invalid(value, key, "unclosed `${`"))?;
             let var = &after[..end];
-            let val = std::env::var(var)
-                .map_err(|_| self.invalid(value, key, &format!("environment variable `{var}` is not set")))?;
+            let val = std::env::var(var).map_err(|_| {
+                self.invalid(
+                    value,
+                    key,
+                    &format!("environment variable `{var}` is not set"),
+                )
+            })?;
             out.push_str(&val);
             rest = &after[end + 1..];
         }
@@ -482,8 +556,14 @@ impl Ctx<'_> {
         let expanded = self.expand(value, key)?;
         if let Some((scheme, _)) = expanded.split_once("://") {
             return match scheme {
-                "file" | "s3" | "s3a" | "az" | "azure" | "abfs" | "abfss" | "memory" => Ok(expanded),
-                other => Err(self.invalid(value, key, &format!("unsupported storage scheme `{other}://`"))),
+                "file" | "s3" | "s3a" | "az" | "azure" | "abfs" | "abfss" | "memory" => {
+                    Ok(expanded)
+                }
+                other => Err(self.invalid(
+                    value,
+                    key,
+                    &format!("unsupported storage scheme `{other}://`"),
+                )),
             };
         }
         let path = self.base.join(&expanded);
@@ -496,11 +576,16 @@ impl Ctx<'_> {
         let v = value.get_ref();
         let ok = !v.is_empty()
             && v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if ok {
             Ok(v.clone())
         } else {
-            Err(self.invalid(value, key, "use lower-case letters, digits and '_' (at most 63), as PostgreSQL requires"))
+            Err(self.invalid(
+                value,
+                key,
+                "use lower-case letters, digits and '_' (at most 63), as PostgreSQL requires",
+            ))
         }
     }
 
@@ -512,7 +597,9 @@ impl Ctx<'_> {
         partition_by: Vec<String>,
         key: &str,
     ) -> Result<LayerConfig> {
-        let component_path = self.base.join(self.expand(component, &format!("{key}.component"))?);
+        let component_path = self
+            .base
+            .join(self.expand(component, &format!("{key}.component"))?);
         let component_config = serde_json::to_value(&config)
             .map_err(|e| self.invalid(component, &format!("{key}.config"), &e.to_string()))?;
         Ok(LayerConfig {
@@ -581,10 +668,16 @@ count_column = "order_lines"
     fn relative_locations_resolve_against_the_pipeline_folder() {
         let p = parse(MINIMAL).expect("valid file");
         assert_eq!(p.landing.location, "file:///etc/weir/lake/landing");
-        assert_eq!(p.bronze.component, PathBuf::from("/etc/weir/pipelines/b.wasm"));
+        assert_eq!(
+            p.bronze.component,
+            PathBuf::from("/etc/weir/pipelines/b.wasm")
+        );
         assert_eq!(p.state_location, "file:///etc/weir/lake/landing/_weir");
         assert_eq!(p.source.slot_name, "weir_shop");
-        assert_eq!(p.topic_for("public.onlineshop"), "postgres.public.onlineshop");
+        assert_eq!(
+            p.topic_for("public.onlineshop"),
+            "postgres.public.onlineshop"
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, RecordBatchReader, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::logical_expr::Expr;
@@ -36,11 +39,22 @@ use crate::wasm::{LoadedComponent, Transform, WasmError, WasmHost, World};
 #[derive(Debug, thiserror::Error)]
 pub enum LakehouseError {
     #[error("{stage} table {table}: {source}")]
-    Delta { stage: String, table: String, source: DeltaTableError },
+    Delta {
+        stage: String,
+        table: String,
+        source: DeltaTableError,
+    },
     #[error("{stage}: {message}")]
     Stage { stage: String, message: String },
-    #[error("{stage}: expectation `{name}` ({expect}) failed on {rows} row(s); nothing of the batch was committed")]
-    ExpectationFailed { stage: String, name: String, expect: String, rows: usize },
+    #[error(
+        "{stage}: expectation `{name}` ({expect}) failed on {rows} row(s); nothing of the batch was committed"
+    )]
+    ExpectationFailed {
+        stage: String,
+        name: String,
+        expect: String,
+        rows: usize,
+    },
     #[error(transparent)]
     Wasm(#[from] WasmError),
     #[error(transparent)]
@@ -78,9 +92,17 @@ impl LayerReport {
 
 impl fmt::Display for LayerReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} rows in, {} rows out, {} commits", self.rows_in, self.rows_out, self.commits)?;
+        write!(
+            f,
+            "{} rows in, {} rows out, {} commits",
+            self.rows_in, self.rows_out, self.commits
+        )?;
         if self.dropped_by_expectations > 0 {
-            write!(f, ", {} dropped by expectations", self.dropped_by_expectations)?;
+            write!(
+                f,
+                ", {} dropped by expectations",
+                self.dropped_by_expectations
+            )?;
         }
         if let Some(v) = self.table_version {
             write!(f, ", table at version {v}")?;
@@ -99,11 +121,17 @@ pub struct Layers {
 impl Layers {
     /// Compiles and instantiates every layer's component (and so checks their exports).
     pub fn load(host: &WasmHost, pipeline: &Pipeline) -> Result<Self> {
-        let instantiate = |stage: &str, path: &std::path::Path, world: World, config: &serde_json::Value| {
-            let loaded: LoadedComponent = host.load(path, world)?;
-            Ok::<_, LakehouseError>(loaded.instantiate(stage, config)?)
-        };
-        let bronze = instantiate("bronze", &pipeline.bronze.component, World::RowTransform, &pipeline.bronze.component_config)?;
+        let instantiate =
+            |stage: &str, path: &std::path::Path, world: World, config: &serde_json::Value| {
+                let loaded: LoadedComponent = host.load(path, world)?;
+                Ok::<_, LakehouseError>(loaded.instantiate(stage, config)?)
+            };
+        let bronze = instantiate(
+            "bronze",
+            &pipeline.bronze.component,
+            World::RowTransform,
+            &pipeline.bronze.component_config,
+        )?;
         let silver = instantiate(
             "silver",
             &pipeline.silver.layer.component,
@@ -113,17 +141,38 @@ impl Layers {
         let mut gold = Vec::new();
         for (name, g) in &pipeline.gold {
             let stage = format!("gold.{name}");
-            gold.push((name.clone(), instantiate(&stage, &g.layer.component, World::Aggregate, &g.layer.component_config)?));
+            gold.push((
+                name.clone(),
+                instantiate(
+                    &stage,
+                    &g.layer.component,
+                    World::Aggregate,
+                    &g.layer.component_config,
+                )?,
+            ));
         }
-        Ok(Self { bronze, silver, gold })
+        Ok(Self {
+            bronze,
+            silver,
+            gold,
+        })
     }
 
     /// One pass of bronze, silver and every gold table over whatever input is new.
     pub async fn run_once(&mut self, pipeline: &Pipeline) -> Result<Vec<(String, LayerReport)>> {
-        let mut out = vec![("bronze".to_owned(), bronze_pass(pipeline, &mut self.bronze).await?)];
-        out.push(("silver".to_owned(), silver_pass(pipeline, &mut self.silver).await?));
+        let mut out = vec![(
+            "bronze".to_owned(),
+            bronze_pass(pipeline, &mut self.bronze).await?,
+        )];
+        out.push((
+            "silver".to_owned(),
+            silver_pass(pipeline, &mut self.silver).await?,
+        ));
         for (name, transform) in &mut self.gold {
-            out.push((format!("gold.{name}"), gold_pass(pipeline, name, transform).await?));
+            out.push((
+                format!("gold.{name}"),
+                gold_pass(pipeline, name, transform).await?,
+            ));
         }
         Ok(out)
     }
@@ -131,25 +180,42 @@ impl Layers {
 
 fn delta_err(stage: &str, table: &str) -> impl FnOnce(DeltaTableError) -> LakehouseError {
     let (stage, table) = (stage.to_owned(), table.to_owned());
-    move |source| LakehouseError::Delta { stage, table, source }
+    move |source| LakehouseError::Delta {
+        stage,
+        table,
+        source,
+    }
 }
 
 fn stage_err(stage: &str, message: impl fmt::Display) -> LakehouseError {
-    LakehouseError::Stage { stage: stage.to_owned(), message: message.to_string() }
+    LakehouseError::Stage {
+        stage: stage.to_owned(),
+        message: message.to_string(),
+    }
 }
 
 /// Opens the table at `location`, or returns an uninitialised handle if it does not exist yet.
 async fn open(stage: &str, location: &str) -> Result<DeltaTable> {
     let url = deltalake::ensure_table_uri(location).map_err(delta_err(stage, location))?;
-    DeltaTable::try_from_url(url).await.map_err(delta_err(stage, location))
+    DeltaTable::try_from_url(url)
+        .await
+        .map_err(delta_err(stage, location))
 }
 
-async fn txn_version(stage: &str, location: &str, table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+async fn txn_version(
+    stage: &str,
+    location: &str,
+    table: &DeltaTable,
+    app_id: &str,
+) -> Result<Option<i64>> {
     if table.version().is_none() {
         return Ok(None);
     }
     let snapshot = table.snapshot().map_err(delta_err(stage, location))?;
-    snapshot.transaction_version(&table.log_store(), app_id).await.map_err(delta_err(stage, location))
+    snapshot
+        .transaction_version(&table.log_store(), app_id)
+        .await
+        .map_err(delta_err(stage, location))
 }
 
 fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
@@ -157,18 +223,30 @@ fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
 }
 
 /// Records progress without data, for batches that produced no rows.
-async fn commit_progress_only(stage: &str, location: &str, table: &mut DeltaTable, txns: Vec<Transaction>) -> Result<()> {
+async fn commit_progress_only(
+    stage: &str,
+    location: &str,
+    table: &mut DeltaTable,
+    txns: Vec<Transaction>,
+) -> Result<()> {
     let snapshot = table.snapshot().map_err(delta_err(stage, location))?;
     CommitBuilder::from(commit_properties(txns))
         .with_actions(vec![])
         .build(
             Some(snapshot as &dyn TableReference),
             table.log_store(),
-            DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None },
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
         )
         .await
         .map_err(delta_err(stage, location))?;
-    table.update_state().await.map_err(delta_err(stage, location))?;
+    table
+        .update_state()
+        .await
+        .map_err(delta_err(stage, location))?;
     Ok(())
 }
 
@@ -195,27 +273,52 @@ async fn bronze_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
     let partitions: std::collections::BTreeSet<i32> = files.iter().map(|f| f.partition).collect();
     for p in partitions {
         let app = format!("{}:p{p}", app_id(pipeline, STAGE));
-        done.insert(p, txn_version(STAGE, location, &table, &app).await?.unwrap_or(-1));
+        done.insert(
+            p,
+            txn_version(STAGE, location, &table, &app)
+                .await?
+                .unwrap_or(-1),
+        );
     }
-    let pending: Vec<LandingFile> =
-        files.into_iter().filter(|f| f.last_offset > done.get(&f.partition).copied().unwrap_or(-1)).collect();
+    let pending: Vec<LandingFile> = files
+        .into_iter()
+        .filter(|f| f.last_offset > done.get(&f.partition).copied().unwrap_or(-1))
+        .collect();
 
     let mut report = LayerReport::default();
     let mut group: Vec<LandingFile> = Vec::new();
     let mut group_rows = 0usize;
     let mut batches: Vec<RecordBatch> = Vec::new();
     for file in pending {
-        let input = read_landing_file(&*store, &file, done.get(&file.partition).copied().unwrap_or(-1)).await?;
+        let input = read_landing_file(
+            &*store,
+            &file,
+            done.get(&file.partition).copied().unwrap_or(-1),
+        )
+        .await?;
         report.rows_in += input.num_rows();
-        let label = format!("{} (offsets {}-{})", file.path, file.first_offset, file.last_offset);
+        let label = format!(
+            "{} (offsets {}-{})",
+            file.path, file.first_offset, file.last_offset
+        );
         if input.num_rows() > 0 {
             let cleaned = transform.call(&input, &label)?;
-            batches.push(with_ingestion_metadata(&cleaned, file.path.as_ref()).map_err(|e| stage_err(STAGE, e))?);
+            batches.push(
+                with_ingestion_metadata(&cleaned, file.path.as_ref())
+                    .map_err(|e| stage_err(STAGE, e))?,
+            );
             group_rows += cleaned.num_rows();
         }
         group.push(file);
         if group_rows >= ROWS_PER_COMMIT {
-            table = commit_bronze(pipeline, table, std::mem::take(&mut batches), &std::mem::take(&mut group), &mut report).await?;
+            table = commit_bronze(
+                pipeline,
+                table,
+                std::mem::take(&mut batches),
+                &std::mem::take(&mut group),
+                &mut report,
+            )
+            .await?;
             group_rows = 0;
         }
     }
@@ -227,16 +330,25 @@ async fn bronze_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
 }
 
 /// Reads a landing file, keeping only the records after `after_offset` (already in bronze).
-async fn read_landing_file(store: &dyn ObjectStore, file: &LandingFile, after_offset: i64) -> Result<RecordBatch> {
+async fn read_landing_file(
+    store: &dyn ObjectStore,
+    file: &LandingFile,
+    after_offset: i64,
+) -> Result<RecordBatch> {
     const STAGE: &str = "bronze";
     let bad = |e: String| stage_err(STAGE, format!("landing file {}: {e}", file.path));
-    let bytes = storage::get(store, &file.path).await?.ok_or_else(|| bad("vanished while being read".into()))?;
+    let bytes = storage::get(store, &file.path)
+        .await?
+        .ok_or_else(|| bad("vanished while being read".into()))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.with_batch_size(ROWS_PER_COMMIT).build())
         .map_err(|e| bad(e.to_string()))?;
     let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.to_string()))?;
-    let batch = arrow::compute::concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let batch =
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
     if file.first_offset > after_offset {
         return Ok(batch);
     }
@@ -245,7 +357,8 @@ async fn read_landing_file(store: &dyn ObjectStore, file: &LandingFile, after_of
         .column_by_name("kafka_offset")
         .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
         .ok_or_else(|| bad("has no int64 kafka_offset column".into()))?;
-    let keep = arrow::compute::kernels::cmp::gt(offsets, &Int64Array::new_scalar(after_offset)).map_err(|e| bad(e.to_string()))?;
+    let keep = arrow::compute::kernels::cmp::gt(offsets, &Int64Array::new_scalar(after_offset))
+        .map_err(|e| bad(e.to_string()))?;
     arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| bad(e.to_string()))
 }
 
@@ -263,8 +376,10 @@ async fn commit_bronze(
         let e = last.entry(f.partition).or_insert(f.last_offset);
         *e = (*e).max(f.last_offset);
     }
-    let txns: Vec<Transaction> =
-        last.iter().map(|(p, o)| Transaction::new(format!("{}:p{p}", app_id(pipeline, STAGE)), *o)).collect();
+    let txns: Vec<Transaction> = last
+        .iter()
+        .map(|(p, o)| Transaction::new(format!("{}:p{p}", app_id(pipeline, STAGE)), *o))
+        .collect();
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 {
         if table.version().is_some() {
@@ -290,13 +405,27 @@ async fn commit_bronze(
     Ok(table)
 }
 
-fn with_ingestion_metadata(batch: &RecordBatch, landing_file: &str) -> arrow::error::Result<RecordBatch> {
+fn with_ingestion_metadata(
+    batch: &RecordBatch,
+    landing_file: &str,
+) -> arrow::error::Result<RecordBatch> {
     let n = batch.num_rows();
     let now = chrono::Utc::now().timestamp_micros();
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    fields.push(Field::new("_ingested_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
-    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")));
+    fields.push(Field::new(
+        "_ingested_at",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    ));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"),
+    ));
     fields.push(Field::new("_landing_file", DataType::Utf8, false));
     columns.push(Arc::new(StringArray::from(vec![landing_file; n])));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
@@ -309,14 +438,21 @@ async fn silver_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
     let silver_location = &pipeline.silver.layer.table;
     let mut report = LayerReport::default();
     let mut bronze = open(STAGE, &pipeline.bronze.table).await?;
-    let Some(bronze_latest) = bronze.version() else { return Ok(report) };
+    let Some(bronze_latest) = bronze.version() else {
+        return Ok(report);
+    };
     let mut silver = open(STAGE, silver_location).await?;
     let app = app_id(pipeline, STAGE);
-    let mut next = txn_version(STAGE, silver_location, &silver, &app).await?.map_or(0, |v| v as u64 + 1);
+    let mut next = txn_version(STAGE, silver_location, &silver, &app)
+        .await?
+        .map_or(0, |v| v as u64 + 1);
     while next <= bronze_latest {
         // Bronze commits hold at most ROWS_PER_COMMIT rows; take a few at a time.
         let end = (next + 9).min(bronze_latest);
-        bronze.update_state().await.map_err(delta_err(STAGE, &pipeline.bronze.table))?;
+        bronze
+            .update_state()
+            .await
+            .map_err(delta_err(STAGE, &pipeline.bronze.table))?;
         let input = read_changes(STAGE, &pipeline.bronze.table, bronze.clone(), next, end).await?;
         let rows: Vec<RecordBatch> = input.into_iter().map(|(b, _)| b).collect();
         let input = concat(STAGE, rows)?;
@@ -367,14 +503,21 @@ async fn read_changes(
         .build(&ctx.state(), None)
         .await
         .map_err(delta_err(stage, location))?;
-    let batches = collect(plan, ctx.task_ctx()).await.map_err(|e| delta_err(stage, location)(e.into()))?;
+    let batches = collect(plan, ctx.task_ctx())
+        .await
+        .map_err(|e| delta_err(stage, location)(e.into()))?;
     let mut out = Vec::new();
     for b in batches {
         let change_type = b
             .column_by_name("_change_type")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
             .cloned()
-            .ok_or_else(|| stage_err(stage, format!("change feed of {location} has no _change_type")))?;
+            .ok_or_else(|| {
+                stage_err(
+                    stage,
+                    format!("change feed of {location} has no _change_type"),
+                )
+            })?;
         let keep: Vec<usize> = b
             .schema()
             .fields()
@@ -390,13 +533,20 @@ async fn read_changes(
 }
 
 fn concat(stage: &str, batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
-    let Some(first) = batches.first() else { return Ok(None) };
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
     let schema = first.schema();
-    arrow::compute::concat_batches(&schema, &batches).map(Some).map_err(|e| stage_err(stage, e))
+    arrow::compute::concat_batches(&schema, &batches)
+        .map(Some)
+        .map_err(|e| stage_err(stage, e))
 }
 
 /// Applies the silver expectations (SQL predicates) to the component's output.
-async fn apply_expectations(pipeline: &Pipeline, batch: RecordBatch) -> Result<(Option<RecordBatch>, usize)> {
+async fn apply_expectations(
+    pipeline: &Pipeline,
+    batch: RecordBatch,
+) -> Result<(Option<RecordBatch>, usize)> {
     const STAGE: &str = "silver";
     if pipeline.silver.expectations.is_empty() {
         return Ok((Some(batch), 0));
@@ -406,7 +556,13 @@ async fn apply_expectations(pipeline: &Pipeline, batch: RecordBatch) -> Result<(
     let mut df = ctx.read_batch(batch).map_err(|e| stage_err(STAGE, e))?;
     for e in &pipeline.silver.expectations {
         let predicate = df.parse_sql_expr(&e.expect).map_err(|err| {
-            stage_err(STAGE, format!("expectation `{}`: cannot parse `{}`: {err}", e.name, e.expect))
+            stage_err(
+                STAGE,
+                format!(
+                    "expectation `{}`: cannot parse `{}`: {err}",
+                    e.name, e.expect
+                ),
+            )
         })?;
         // A NULL outcome is a violation, as in DLT.
         let passes = Expr::IsTrue(Box::new(predicate));
@@ -421,7 +577,9 @@ async fn apply_expectations(pipeline: &Pipeline, batch: RecordBatch) -> Result<(
             continue;
         }
         match e.on_violation {
-            OnViolation::Warn => tracing::warn!(expectation = %e.name, rows = violations, "expectation violated (kept)"),
+            OnViolation::Warn => {
+                tracing::warn!(expectation = %e.name, rows = violations, "expectation violated (kept)")
+            }
             OnViolation::Drop => {
                 tracing::warn!(expectation = %e.name, rows = violations, "expectation violated (dropped)");
                 df = df.filter(passes).map_err(|err| stage_err(STAGE, err))?;
@@ -445,7 +603,12 @@ async fn apply_expectations(pipeline: &Pipeline, batch: RecordBatch) -> Result<(
 /// Columns bronze carries that silver does not keep.
 const SILVER_DROPPED: [&str; 1] = ["op"];
 
-async fn merge_silver(pipeline: &Pipeline, silver: DeltaTable, changes: RecordBatch, txns: Vec<Transaction>) -> Result<DeltaTable> {
+async fn merge_silver(
+    pipeline: &Pipeline,
+    silver: DeltaTable,
+    changes: RecordBatch,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
     const STAGE: &str = "silver";
     let location = &pipeline.silver.layer.table;
     let cfg = &pipeline.silver;
@@ -458,18 +621,36 @@ async fn merge_silver(pipeline: &Pipeline, silver: DeltaTable, changes: RecordBa
         .collect();
     for required in cfg.keys.iter().chain(&cfg.sequence_by) {
         if !target_columns.contains(required) {
-            return Err(stage_err(STAGE, format!("the silver component's output has no column `{required}` (named in silver.keys or silver.sequence_by)")));
+            return Err(stage_err(
+                STAGE,
+                format!(
+                    "the silver component's output has no column `{required}` (named in silver.keys or silver.sequence_by)"
+                ),
+            ));
         }
     }
     let silver = if silver.version().is_none() {
-        create_table(STAGE, location, silver, &changes, &target_columns, &cfg.layer.partition_by).await?
+        create_table(
+            STAGE,
+            location,
+            silver,
+            &changes,
+            &target_columns,
+            &cfg.layer.partition_by,
+        )
+        .await?
     } else {
         silver
     };
     let before_version = silver.version();
     let ctx = SessionContext::new();
     let source = ctx.read_batch(changes).map_err(|e| stage_err(STAGE, e))?;
-    let on = cfg.keys.iter().map(|k| format!("target.{} = source.{}", q(k), q(k))).collect::<Vec<_>>().join(" AND ");
+    let on = cfg
+        .keys
+        .iter()
+        .map(|k| format!("target.{} = source.{}", q(k), q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     let newer = sequence_newer(&cfg.sequence_by);
     let is_delete = format!("({})", qualify_source(&cfg.apply_as_deletes));
     let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
@@ -481,15 +662,18 @@ async fn merge_silver(pipeline: &Pipeline, silver: DeltaTable, changes: RecordBa
         .when_matched_delete(|d| d.predicate(format!("{is_delete} AND {newer}")))
         .map_err(delta_err(STAGE, location))?
         .when_matched_update(|u| {
-            target_columns.iter().fold(u.predicate(format!("NOT {is_delete} AND {newer}")), |u, c| {
-                u.update(Column::from_name(c.as_str()), src(c))
-            })
+            target_columns.iter().fold(
+                u.predicate(format!("NOT {is_delete} AND {newer}")),
+                |u, c| u.update(Column::from_name(c.as_str()), src(c)),
+            )
         })
         .map_err(delta_err(STAGE, location))?
         .when_not_matched_insert(|i| {
-            target_columns.iter().fold(i.predicate(format!("NOT {is_delete}")), |i, c| {
-                i.set(Column::from_name(c.as_str()), src(c))
-            })
+            target_columns
+                .iter()
+                .fold(i.predicate(format!("NOT {is_delete}")), |i, c| {
+                    i.set(Column::from_name(c.as_str()), src(c))
+                })
         })
         .map_err(delta_err(STAGE, location))?
         .await
@@ -514,8 +698,10 @@ async fn merge_silver(pipeline: &Pipeline, silver: DeltaTable, changes: RecordBa
 fn sequence_newer(columns: &[String]) -> String {
     let mut clauses = Vec::new();
     for (i, c) in columns.iter().enumerate() {
-        let mut parts: Vec<String> =
-            columns[..i].iter().map(|p| format!("source.{} = target.{}", q(p), q(p))).collect();
+        let mut parts: Vec<String> = columns[..i]
+            .iter()
+            .map(|p| format!("source.{} = target.{}", q(p), q(p)))
+            .collect();
         parts.push(format!("source.{} > target.{}", q(c), q(c)));
         clauses.push(format!("({})", parts.join(" AND ")));
     }
@@ -529,8 +715,14 @@ fn qualify_source(predicate: &str) -> String {
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
         if !word.is_empty() {
-            let keyword = ["and", "or", "not", "is", "null", "in", "true", "false", "like"].contains(&word.to_lowercase().as_str());
-            if keyword || word.chars().next().is_some_and(|c| c.is_ascii_digit()) || word.contains('.') {
+            let keyword = [
+                "and", "or", "not", "is", "null", "in", "true", "false", "like",
+            ]
+            .contains(&word.to_lowercase().as_str());
+            if keyword
+                || word.chars().next().is_some_and(|c| c.is_ascii_digit())
+                || word.contains('.')
+            {
                 out.push_str(word);
             } else {
                 out.push_str("source.");
@@ -561,7 +753,10 @@ fn qualify_source(predicate: &str) -> String {
 }
 
 fn q(name: &str) -> String {
-    if name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
         name.to_owned()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))
@@ -586,7 +781,9 @@ async fn create_table(
         .map(|f| f.as_ref().clone().with_nullable(true))
         .collect();
     let arrow_schema = Schema::new(fields);
-    let delta_schema: StructType = (&arrow_schema).try_into_kernel().map_err(|e| stage_err(stage, e))?;
+    let delta_schema: StructType = (&arrow_schema)
+        .try_into_kernel()
+        .map_err(|e| stage_err(stage, e))?;
     table
         .create()
         .with_columns(delta_schema.fields().cloned())
@@ -599,24 +796,43 @@ async fn create_table(
 
 // ---------------- gold ----------------
 
-async fn gold_pass(pipeline: &Pipeline, name: &str, transform: &mut Transform) -> Result<LayerReport> {
+async fn gold_pass(
+    pipeline: &Pipeline,
+    name: &str,
+    transform: &mut Transform,
+) -> Result<LayerReport> {
     let stage = format!("gold.{name}");
-    let Some(cfg) = pipeline.gold.get(name) else { return Ok(LayerReport::default()) };
+    let Some(cfg) = pipeline.gold.get(name) else {
+        return Ok(LayerReport::default());
+    };
     let location = &cfg.layer.table;
     let mut report = LayerReport::default();
     let silver = open(&stage, &pipeline.silver.layer.table).await?;
-    let Some(silver_latest) = silver.version() else { return Ok(report) };
+    let Some(silver_latest) = silver.version() else {
+        return Ok(report);
+    };
     let mut gold = open(&stage, location).await?;
     let app = app_id(pipeline, &stage);
-    let mut next = txn_version(&stage, location, &gold, &app).await?.map_or(0, |v| v as u64 + 1);
+    let mut next = txn_version(&stage, location, &gold, &app)
+        .await?
+        .map_or(0, |v| v as u64 + 1);
     while next <= silver_latest {
         let end = (next + 9).min(silver_latest);
-        let changes = read_changes(&stage, &pipeline.silver.layer.table, silver.clone(), next, end).await?;
+        let changes = read_changes(
+            &stage,
+            &pipeline.silver.layer.table,
+            silver.clone(),
+            next,
+            end,
+        )
+        .await?;
         let weighted = weigh(&stage, changes)?;
         report.rows_in += weighted.as_ref().map_or(0, RecordBatch::num_rows);
         let txn = vec![Transaction::new(&app, end as i64)];
         let deltas = match weighted {
-            Some(b) if b.num_rows() > 0 => Some(transform.call(&b, &format!("silver versions {next}-{end}"))?),
+            Some(b) if b.num_rows() > 0 => {
+                Some(transform.call(&b, &format!("silver versions {next}-{end}"))?)
+            }
             _ => None,
         };
         match deltas {
@@ -649,11 +865,19 @@ fn weigh(stage: &str, changes: Vec<(RecordBatch, StringArray)>) -> Result<Option
                 _ => Some(0),
             })
             .collect();
-        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.push(Field::new("weight", DataType::Int64, false));
         let mut columns = batch.columns().to_vec();
         columns.push(Arc::new(weights));
-        out.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| stage_err(stage, e))?);
+        out.push(
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| stage_err(stage, e))?,
+        );
     }
     concat(stage, out)
 }
@@ -670,7 +894,10 @@ async fn merge_gold(
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     for required in cfg.keys.iter().chain(std::iter::once(&cfg.count_column)) {
         if !columns.contains(required) {
-            return Err(stage_err(stage, format!("the component's output has no column `{required}`")));
+            return Err(stage_err(
+                stage,
+                format!("the component's output has no column `{required}`"),
+            ));
         }
     }
     let measures: Vec<&String> = columns.iter().filter(|c| !cfg.keys.contains(c)).collect();
@@ -682,7 +909,12 @@ async fn merge_gold(
     let before_version = gold.version();
     let ctx = SessionContext::new();
     let source = ctx.read_batch(deltas).map_err(|e| stage_err(stage, e))?;
-    let on = cfg.keys.iter().map(|k| format!("target.{} = source.{}", q(k), q(k))).collect::<Vec<_>>().join(" AND ");
+    let on = cfg
+        .keys
+        .iter()
+        .map(|k| format!("target.{} = source.{}", q(k), q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     let count = q(&cfg.count_column);
     let (table, _metrics) = gold
         .merge(source, on)
@@ -695,14 +927,22 @@ async fn merge_gold(
         .when_matched_update(|u| {
             measures.iter().fold(u, |u, c| {
                 let c = q(c);
-                u.update(Column::from_name(c.as_str()), format!("target.{c} + source.{c}"))
+                u.update(
+                    Column::from_name(c.as_str()),
+                    format!("target.{c} + source.{c}"),
+                )
             })
         })
         .map_err(delta_err(stage, location))?
         .when_not_matched_insert(|i| {
-            columns.iter().fold(i.predicate(format!("source.{count} <> 0")), |i, c| {
-                i.set(Column::from_name(c.as_str()), Expr::Column(Column::new(Some("source"), c.as_str())))
-            })
+            columns
+                .iter()
+                .fold(i.predicate(format!("source.{count} <> 0")), |i, c| {
+                    i.set(
+                        Column::from_name(c.as_str()),
+                        Expr::Column(Column::new(Some("source"), c.as_str())),
+                    )
+                })
         })
         .map_err(delta_err(stage, location))?
         .await
@@ -720,16 +960,27 @@ async fn merge_gold(
 pub async fn query(pipeline: &Pipeline, sql: &str) -> Result<Vec<RecordBatch>> {
     const STAGE: &str = "query";
     let ctx = SessionContext::new();
-    let mut tables: Vec<(String, &String)> =
-        vec![("bronze".into(), &pipeline.bronze.table), ("silver".into(), &pipeline.silver.layer.table)];
-    tables.extend(pipeline.gold.iter().map(|(n, g)| (format!("gold_{n}"), &g.layer.table)));
+    let mut tables: Vec<(String, &String)> = vec![
+        ("bronze".into(), &pipeline.bronze.table),
+        ("silver".into(), &pipeline.silver.layer.table),
+    ];
+    tables.extend(
+        pipeline
+            .gold
+            .iter()
+            .map(|(n, g)| (format!("gold_{n}"), &g.layer.table)),
+    );
     for (name, location) in tables {
         let table = open(STAGE, location).await?;
         if table.version().is_none() {
             continue;
         }
-        let provider = table.table_provider().await.map_err(|e| stage_err(STAGE, e))?;
-        ctx.register_table(name.as_str(), provider).map_err(|e| stage_err(STAGE, e))?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| stage_err(STAGE, e))?;
+        ctx.register_table(name.as_str(), provider)
+            .map_err(|e| stage_err(STAGE, e))?;
     }
     let df = ctx.sql(sql).await.map_err(|e| stage_err(STAGE, e))?;
     df.collect().await.map_err(|e| stage_err(STAGE, e))

@@ -34,10 +34,25 @@ pub enum LandingError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("landing {topic}/{partition}@{offset}: event is not a Debezium change event: {message}")]
-    BadEvent { topic: String, partition: i32, offset: i64, message: String },
-    #[error("landing {topic}/{partition}: cannot build Parquet file for offsets {first}-{last}: {message}")]
-    Encode { topic: String, partition: i32, first: i64, last: i64, message: String },
+    #[error(
+        "landing {topic}/{partition}@{offset}: event is not a Debezium change event: {message}"
+    )]
+    BadEvent {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        message: String,
+    },
+    #[error(
+        "landing {topic}/{partition}: cannot build Parquet file for offsets {first}-{last}: {message}"
+    )]
+    Encode {
+        topic: String,
+        partition: i32,
+        first: i64,
+        last: i64,
+        message: String,
+    },
 }
 
 pub type Result<T, E = LandingError> = std::result::Result<T, E>;
@@ -93,7 +108,12 @@ impl LandingFile {
         let partition = parts.next()?.parse().ok()?;
         let first_offset = parts.next()?.parse().ok()?;
         let last_offset = parts.next()?.parse().ok()?;
-        Some(Self { path, partition, first_offset, last_offset })
+        Some(Self {
+            path,
+            partition,
+            first_offset,
+            last_offset,
+        })
     }
 }
 
@@ -106,17 +126,28 @@ pub fn table_folder(table: &str) -> String {
 ///
 /// With `until_caught_up`, stops once every partition has been read up to the end it had when the
 /// pass started (a triggered run); otherwise runs until `stop` is set.
-pub async fn run(pipeline: &Pipeline, until_caught_up: bool, stop: &CancellationToken) -> Result<LandingReport> {
+pub async fn run(
+    pipeline: &Pipeline,
+    until_caught_up: bool,
+    stop: &CancellationToken,
+) -> Result<LandingReport> {
     let (store, root) = storage::open(&pipeline.landing.location)?;
-    let topics: Vec<String> = pipeline.source.tables.iter().map(|t| pipeline.topic_for(t)).collect();
+    let topics: Vec<String> = pipeline
+        .source
+        .tables
+        .iter()
+        .map(|t| pipeline.topic_for(t))
+        .collect();
     transport::ensure_topics(&pipeline.kafka, &topics).await?;
     let consumer = transport::group_consumer(&pipeline.kafka, "landing")?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs).map_err(|source| TransportError::Kafka {
-        servers: pipeline.kafka.bootstrap_servers.clone(),
-        action: "subscribing".into(),
-        source,
-    })?;
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(|source| TransportError::Kafka {
+            servers: pipeline.kafka.bootstrap_servers.clone(),
+            action: "subscribing".into(),
+            source,
+        })?;
 
     let mut targets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     if until_caught_up {
@@ -154,7 +185,9 @@ pub async fn run(pipeline: &Pipeline, until_caught_up: bool, stop: &Cancellation
             Ok(Some(Ok(msg))) => {
                 let key = (msg.topic().to_owned(), msg.partition());
                 position.insert(key.clone(), msg.offset() + 1);
-                let buffer = buffers.entry(key.clone()).or_insert_with(|| Buffer::new(&key.0, key.1));
+                let buffer = buffers
+                    .entry(key.clone())
+                    .or_insert_with(|| Buffer::new(&key.0, key.1));
                 match msg.payload() {
                     None => {
                         report.tombstones += 1;
@@ -163,7 +196,9 @@ pub async fn run(pipeline: &Pipeline, until_caught_up: bool, stop: &Cancellation
                     Some(payload) => buffer.push(&msg, payload)?,
                 }
                 if buffer.rows.len() >= pipeline.landing.max_rows_per_file {
-                    let buffer = buffers.remove(&key).unwrap_or_else(|| Buffer::new(&key.0, key.1));
+                    let buffer = buffers
+                        .remove(&key)
+                        .unwrap_or_else(|| Buffer::new(&key.0, key.1));
                     flush(&consumer, &*store, &root, buffer, &mut report).await?;
                 }
             }
@@ -233,9 +268,17 @@ impl Buffer {
             offset: msg.offset(),
             message,
         };
-        let event: Value = serde_json::from_slice(payload).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let row = flatten_event(event, msg.key(), msg.topic(), msg.partition(), msg.offset(), msg.timestamp().to_millis())
-            .map_err(bad)?;
+        let event: Value =
+            serde_json::from_slice(payload).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let row = flatten_event(
+            event,
+            msg.key(),
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            msg.timestamp().to_millis(),
+        )
+        .map_err(bad)?;
         if self.rows.is_empty() {
             self.first_offset = msg.offset();
             self.first_timestamp_ms = msg.timestamp().to_millis();
@@ -255,14 +298,20 @@ pub fn flatten_event(
     offset: i64,
     timestamp_ms: Option<i64>,
 ) -> std::result::Result<Value, String> {
-    let Value::Object(mut event) = event else { return Err("not a JSON object".into()) };
+    let Value::Object(mut event) = event else {
+        return Err("not a JSON object".into());
+    };
     // Schemas-enabled events wrap the envelope in {"schema": ..., "payload": ...}.
     if let Some(Value::Object(payload)) = event.remove("payload") {
         event = payload;
     }
     let op = match event.remove("op") {
         Some(Value::String(op)) if matches!(op.as_str(), "c" | "u" | "d" | "r" | "t") => op,
-        other => return Err(format!("`op` must be one of c, u, d, r, t; found {other:?}")),
+        other => {
+            return Err(format!(
+                "`op` must be one of c, u, d, r, t; found {other:?}"
+            ));
+        }
     };
     let source = match event.remove("source") {
         Some(Value::Object(s)) => s,
@@ -283,7 +332,12 @@ pub fn flatten_event(
         Some(Value::Bool(b)) => Value::String(b.to_string()),
         _ => Value::Null,
     };
-    let number = |s: &Map<String, Value>, k: &str| s.get(k).filter(|v| v.is_i64() || v.is_u64()).cloned().unwrap_or(Value::Null);
+    let number = |s: &Map<String, Value>, k: &str| {
+        s.get(k)
+            .filter(|v| v.is_i64() || v.is_u64())
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     Ok(json!({
         "kafka_topic": topic,
         "kafka_partition": partition,
@@ -309,9 +363,12 @@ pub fn flatten_event(
 /// Builds the Arrow batch of landing rows; `before`/`after` struct types are inferred from the rows.
 pub fn rows_to_batch(rows: &[Value]) -> std::result::Result<RecordBatch, String> {
     let images = rows.iter().map(|r| {
-        Ok::<_, arrow::error::ArrowError>(json!({"before": r["before"].clone(), "after": r["after"].clone()}))
+        Ok::<_, arrow::error::ArrowError>(
+            json!({"before": r["before"].clone(), "after": r["after"].clone()}),
+        )
     });
-    let inferred = arrow::json::reader::infer_json_schema_from_iterator(images).map_err(|e| e.to_string())?;
+    let inferred =
+        arrow::json::reader::infer_json_schema_from_iterator(images).map_err(|e| e.to_string())?;
     let image_field = |name: &str| -> Field {
         inferred
             .field_with_name(name)
@@ -328,7 +385,10 @@ pub fn rows_to_batch(rows: &[Value]) -> std::result::Result<RecordBatch, String>
         .build_decoder()
         .map_err(|e| e.to_string())?;
     decoder.serialize(rows).map_err(|e| e.to_string())?;
-    Ok(decoder.flush().map_err(|e| e.to_string())?.unwrap_or_else(|| RecordBatch::new_empty(schema)))
+    Ok(decoder
+        .flush()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 
 async fn flush(
@@ -352,11 +412,18 @@ async fn flush(
         let date = chrono::DateTime::from_timestamp_millis(buffer.first_timestamp_ms.unwrap_or(0))
             .unwrap_or_default()
             .format("%Y-%m-%d");
-        let table = buffer.topic.split_once('.').map_or(buffer.topic.as_str(), |(_, t)| t);
-        let path = root.clone().join(table_folder(table)).join(format!("date={date}")).join(format!(
-            "{}-{:020}-{:020}.parquet",
-            buffer.partition, buffer.first_offset, buffer.last_offset
-        ));
+        let table = buffer
+            .topic
+            .split_once('.')
+            .map_or(buffer.topic.as_str(), |(_, t)| t);
+        let path = root
+            .clone()
+            .join(table_folder(table))
+            .join(format!("date={date}"))
+            .join(format!(
+                "{}-{:020}-{:020}.parquet",
+                buffer.partition, buffer.first_offset, buffer.last_offset
+            ));
         storage::put(store, &path, bytes).await?;
         tracing::info!(file = %path, rows = buffer.rows.len(), "landed change file");
         report.files += 1;
@@ -366,18 +433,31 @@ async fn flush(
     if let Some(last) = commit_to {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&buffer.topic, buffer.partition, Offset::Offset(last + 1))
-            .map_err(|source| TransportError::Kafka { servers: String::new(), action: "committing".into(), source })?;
-        consumer.commit(&tpl, CommitMode::Sync).map_err(|source| TransportError::Kafka {
-            servers: String::new(),
-            action: format!("committing offset {} of {}/{}", last + 1, buffer.topic, buffer.partition),
-            source,
-        })?;
+            .map_err(|source| TransportError::Kafka {
+                servers: String::new(),
+                action: "committing".into(),
+                source,
+            })?;
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|source| TransportError::Kafka {
+                servers: String::new(),
+                action: format!(
+                    "committing offset {} of {}/{}",
+                    last + 1,
+                    buffer.topic,
+                    buffer.partition
+                ),
+                source,
+            })?;
     }
     Ok(())
 }
 
 fn write_parquet(batch: &RecordBatch) -> parquet::errors::Result<Vec<u8>> {
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
     writer.write(batch)?;
@@ -386,9 +466,17 @@ fn write_parquet(batch: &RecordBatch) -> parquet::errors::Result<Vec<u8>> {
 }
 
 /// Lists a table's landing files, ordered by partition and first offset.
-pub async fn list_files(store: &dyn ObjectStore, root: &StorePath, table: &str) -> Result<Vec<LandingFile>> {
+pub async fn list_files(
+    store: &dyn ObjectStore,
+    root: &StorePath,
+    table: &str,
+) -> Result<Vec<LandingFile>> {
     let prefix = root.clone().join(table_folder(table));
-    let mut files: Vec<LandingFile> = storage::list(store, &prefix).await?.into_iter().filter_map(LandingFile::parse).collect();
+    let mut files: Vec<LandingFile> = storage::list(store, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(LandingFile::parse)
+        .collect();
     files.sort_by_key(|f| (f.partition, f.first_offset, f.last_offset));
     Ok(files)
 }
@@ -413,17 +501,42 @@ mod tests {
                        "db": "business", "schema": "public", "table": "onlineshop"},
             "op": "d", "ts_ms": 1700000000001i64, "transaction": null
         });
-        let row = flatten_event(event, Some(br#"{"id":7}"#), "p.public.onlineshop", 0, 42, Some(5)).expect("valid");
+        let row = flatten_event(
+            event,
+            Some(br#"{"id":7}"#),
+            "p.public.onlineshop",
+            0,
+            42,
+            Some(5),
+        )
+        .expect("valid");
         let batch = rows_to_batch(&[row]).expect("batch");
         assert_eq!(batch.num_rows(), 1);
         let schema = batch.schema();
-        assert_eq!(schema.field_with_name("after").expect("after").data_type(), &DataType::Null);
-        assert!(matches!(schema.field_with_name("before").expect("before").data_type(), DataType::Struct(_)));
+        assert_eq!(
+            schema.field_with_name("after").expect("after").data_type(),
+            &DataType::Null
+        );
+        assert!(matches!(
+            schema
+                .field_with_name("before")
+                .expect("before")
+                .data_type(),
+            DataType::Struct(_)
+        ));
     }
 
     #[test]
     fn event_without_op_is_rejected_with_reason() {
-        let err = flatten_event(json!({"after": {"id": 1}, "source": {}}), None, "t", 0, 0, None).expect_err("no op");
+        let err = flatten_event(
+            json!({"after": {"id": 1}, "source": {}}),
+            None,
+            "t",
+            0,
+            0,
+            None,
+        )
+        .expect_err("no op");
         assert!(err.contains("`op`"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Pipeline;
-use crate::lakehouse::{self, Layers, LayerReport};
+use crate::lakehouse::{self, LayerReport, Layers};
 use crate::landing::{self, LandingReport};
 use crate::source::{self, CaptureReport};
 use crate::wasm::{self, WasmHost};
@@ -25,7 +25,10 @@ pub enum PipelineError {
     #[error("{0}")]
     Wasm(#[from] wasm::WasmError),
     #[error("{stage} task ended abnormally: {message}")]
-    Task { stage: &'static str, message: String },
+    Task {
+        stage: &'static str,
+        message: String,
+    },
 }
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
@@ -73,11 +76,23 @@ pub async fn run_triggered(pipeline: &Pipeline) -> Result<RunReport> {
     let mut layers = Layers::load(&host, pipeline)?;
     let never = CancellationToken::new();
     let capture = source::run(pipeline, true, &never).await?;
-    tracing::info!(changes = capture.changes, snapshot_rows = capture.snapshot_rows, "capture caught up");
+    tracing::info!(
+        changes = capture.changes,
+        snapshot_rows = capture.snapshot_rows,
+        "capture caught up"
+    );
     let landing = landing::run(pipeline, true, &never).await?;
-    tracing::info!(events = landing.events, files = landing.files, "landing caught up");
+    tracing::info!(
+        events = landing.events,
+        files = landing.files,
+        "landing caught up"
+    );
     let layer_reports = layers.run_once(pipeline).await?;
-    Ok(RunReport { capture, landing, layers: layer_reports })
+    Ok(RunReport {
+        capture,
+        landing,
+        layers: layer_reports,
+    })
 }
 
 /// Runs until `stop` is cancelled, then drains the lakehouse stages and returns.
@@ -110,10 +125,19 @@ pub async fn run_continuous(pipeline: &Pipeline, stop: CancellationToken) -> Res
         }
     }
     stop.cancel();
-    let join = |stage: &'static str| move |e: tokio::task::JoinError| PipelineError::Task { stage, message: e.to_string() };
+    let join = |stage: &'static str| {
+        move |e: tokio::task::JoinError| PipelineError::Task {
+            stage,
+            message: e.to_string(),
+        }
+    };
     let capture = capture.await.map_err(join("capture"))??;
     let landing = landing_task.await.map_err(join("landing"))??;
-    Ok(RunReport { capture, landing, layers: totals })
+    Ok(RunReport {
+        capture,
+        landing,
+        layers: totals,
+    })
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM; a second signal exits at once.

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use pg_walstream::{
-    CancellationToken, EventType, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
-    ReplicationStreamConfig, RetryConfig, SharedLsnFeedback, StreamingMode,
+    CancellationToken, EventType, LogicalReplicationStream, ReplicationError,
+    ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig, SharedLsnFeedback, StreamingMode,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -33,7 +33,10 @@ use crate::transport::{self, ChangeProducer, TransportError};
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("postgres {context}: {source}")]
-    Postgres { context: String, source: tokio_postgres::Error },
+    Postgres {
+        context: String,
+        source: tokio_postgres::Error,
+    },
     #[error("replication slot {slot}: {message}")]
     Replication { slot: String, message: String },
     #[error("postgres: {0}")]
@@ -71,7 +74,11 @@ struct SlotState {
 
 /// Runs capture. With `until_current`, stops once everything committed before the call has been
 /// sent and acknowledged (a triggered run); otherwise streams until `stop` is cancelled.
-pub async fn run(pipeline: &Pipeline, until_current: bool, stop: &CancellationToken) -> Result<CaptureReport> {
+pub async fn run(
+    pipeline: &Pipeline,
+    until_current: bool,
+    stop: &CancellationToken,
+) -> Result<CaptureReport> {
     let src = &pipeline.source;
     let client = connect(&src.connection).await?;
     check_preconditions(&client, pipeline).await?;
@@ -83,19 +90,26 @@ pub async fn run(pipeline: &Pipeline, until_current: bool, stop: &CancellationTo
     let producer = ChangeProducer::new(&pipeline.kafka)?;
 
     let (state_store, state_root) = storage::open(&pipeline.state_location)?;
-    let state_path = state_root.clone().join("source").join(format!("{}.json", src.slot_name));
+    let state_path = state_root
+        .clone()
+        .join("source")
+        .join(format!("{}.json", src.slot_name));
     let state: SlotState = match storage::get(&*state_store, &state_path).await? {
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
         None => SlotState::default(),
     };
 
     let slot_exists = client
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&src.slot_name])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&src.slot_name],
+        )
         .await
         .map_err(pg("looking up the replication slot"))?
         .is_some();
     // A missing slot means changes since the last run are gone from the WAL's view: snapshot again.
-    let needs_snapshot = src.snapshot_mode == SnapshotMode::Initial && (!state.snapshot_completed || !slot_exists);
+    let needs_snapshot =
+        src.snapshot_mode == SnapshotMode::Initial && (!state.snapshot_completed || !slot_exists);
     if slot_exists && needs_snapshot {
         // A snapshot cut short leaves a slot whose exported snapshot is gone: start over.
         tracing::warn!(slot = %src.slot_name, "previous initial snapshot did not complete; recreating the slot");
@@ -104,9 +118,11 @@ pub async fn run(pipeline: &Pipeline, until_current: bool, stop: &CancellationTo
 
     // A triggered run ends at the WAL position of its start. Read before the slot may be created:
     // the snapshot then covers everything below it and streaming stops at the first keepalive.
+    // The insert position, not the write position: with `synchronous_commit = off` the latter can
+    // trail commits that are already visible, and the run would stop short of them.
     let stop_at = if until_current {
         let target: String = client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .map_err(pg("reading the current WAL position"))?
             .get(0);
@@ -118,31 +134,56 @@ pub async fn run(pipeline: &Pipeline, until_current: bool, stop: &CancellationTo
     let events = EventBuilder::new(pipeline, schemas);
     let mut report = CaptureReport::default();
     let mut stream = open_stream(pipeline, needs_snapshot, stop_at).await?;
-    stream.ensure_replication_slot().await.map_err(|e| replication_err(&src.slot_name, e))?;
+    stream
+        .ensure_replication_slot()
+        .await
+        .map_err(|e| replication_err(&src.slot_name, e))?;
     if needs_snapshot {
-        let snapshot = stream.exported_snapshot_name().map(str::to_owned).ok_or_else(|| SourceError::Replication {
-            slot: src.slot_name.clone(),
-            message: "the slot was created without an exported snapshot".into(),
-        })?;
+        let snapshot = stream
+            .exported_snapshot_name()
+            .map(str::to_owned)
+            .ok_or_else(|| SourceError::Replication {
+                slot: src.slot_name.clone(),
+                message: "the slot was created without an exported snapshot".into(),
+            })?;
         let consistent_lsn = slot_confirmed_lsn(&client, &src.slot_name).await?;
-        report.snapshot_rows = snapshot_tables(&src.connection, &snapshot, consistent_lsn, &events, &producer).await?;
-        let done = serde_json::to_vec(&SlotState { snapshot_completed: true }).unwrap_or_default();
+        report.snapshot_rows = snapshot_tables(
+            &src.connection,
+            &snapshot,
+            consistent_lsn,
+            &events,
+            &producer,
+        )
+        .await?;
+        let done = serde_json::to_vec(&SlotState {
+            snapshot_completed: true,
+        })
+        .unwrap_or_default();
         storage::put(&*state_store, &state_path, done).await?;
         tracing::info!(rows = report.snapshot_rows, lsn = %pg_walstream::format_lsn(consistent_lsn), "initial snapshot complete");
     } else if !state.snapshot_completed {
         // snapshot_mode = never: remember that no snapshot is owed for this slot.
-        let done = serde_json::to_vec(&SlotState { snapshot_completed: true }).unwrap_or_default();
+        let done = serde_json::to_vec(&SlotState {
+            snapshot_completed: true,
+        })
+        .unwrap_or_default();
         storage::put(&*state_store, &state_path, done).await?;
     }
 
-    stream.start(None).await.map_err(|e| replication_err(&src.slot_name, e))?;
+    stream
+        .start(None)
+        .await
+        .map_err(|e| replication_err(&src.slot_name, e))?;
 
     let feedback = stream.shared_lsn_feedback.clone();
     let (ack_tx, ack_rx) = mpsc::channel::<PendingCommit>(1024);
     let acker = tokio::spawn(confirm_in_order(ack_rx, feedback.clone()));
-    let streamed = stream_changes(&mut stream, &events, &producer, &ack_tx, stop, &mut report).await;
+    let streamed =
+        stream_changes(&mut stream, &events, &producer, &ack_tx, stop, &mut report).await;
     drop(ack_tx);
-    let acked = acker.await.unwrap_or(Err(SourceError::Precondition("the acknowledgement task panicked".into())));
+    let acked = acker.await.unwrap_or(Err(SourceError::Precondition(
+        "the acknowledgement task panicked".into(),
+    )));
     let stopped_at = streamed?;
     let confirmed = acked?.max(stopped_at.unwrap_or(0));
     report.confirmed_lsn = confirmed;
@@ -162,7 +203,10 @@ struct PendingCommit {
 }
 
 /// Confirms commit positions strictly in order, each only after all its events are acknowledged.
-async fn confirm_in_order(mut rx: mpsc::Receiver<PendingCommit>, feedback: Arc<SharedLsnFeedback>) -> Result<u64> {
+async fn confirm_in_order(
+    mut rx: mpsc::Receiver<PendingCommit>,
+    feedback: Arc<SharedLsnFeedback>,
+) -> Result<u64> {
     let mut confirmed = 0;
     while let Some(commit) = rx.recv().await {
         for delivery in join_all(commit.deliveries).await {
@@ -196,7 +240,11 @@ async fn stream_changes(
         };
         let lsn = event.lsn.value();
         match event.event_type {
-            EventType::Begin { transaction_id, final_lsn, commit_timestamp } => {
+            EventType::Begin {
+                transaction_id,
+                final_lsn,
+                commit_timestamp,
+            } => {
                 tx = debezium::TxContext {
                     tx_id: i64::from(transaction_id),
                     commit_lsn: final_lsn.value(),
@@ -205,23 +253,66 @@ async fn stream_changes(
             }
             EventType::Commit { end_lsn, .. } => {
                 report.transactions += 1;
-                let pending = PendingCommit { end_lsn: end_lsn.value(), deliveries: std::mem::take(&mut deliveries) };
+                let pending = PendingCommit {
+                    end_lsn: end_lsn.value(),
+                    deliveries: std::mem::take(&mut deliveries),
+                };
                 if acks.send(pending).await.is_err() {
                     return Ok(None);
                 }
             }
-            EventType::Insert { schema, table, data, .. } => {
-                let change = events.change(&schema, &table, debezium::Op::Create, None, Some(&data), lsn, &tx)?;
+            EventType::Insert {
+                schema,
+                table,
+                data,
+                ..
+            } => {
+                let change = events.change(
+                    &schema,
+                    &table,
+                    debezium::Op::Create,
+                    None,
+                    Some(&data),
+                    lsn,
+                    &tx,
+                )?;
                 deliveries.extend(send_all(producer, change));
                 report.changes += 1;
             }
-            EventType::Update { schema, table, old_data, new_data, .. } => {
-                let change = events.change(&schema, &table, debezium::Op::Update, old_data.as_ref(), Some(&new_data), lsn, &tx)?;
+            EventType::Update {
+                schema,
+                table,
+                old_data,
+                new_data,
+                ..
+            } => {
+                let change = events.change(
+                    &schema,
+                    &table,
+                    debezium::Op::Update,
+                    old_data.as_ref(),
+                    Some(&new_data),
+                    lsn,
+                    &tx,
+                )?;
                 deliveries.extend(send_all(producer, change));
                 report.changes += 1;
             }
-            EventType::Delete { schema, table, old_data, .. } => {
-                let change = events.change(&schema, &table, debezium::Op::Delete, Some(&old_data), None, lsn, &tx)?;
+            EventType::Delete {
+                schema,
+                table,
+                old_data,
+                ..
+            } => {
+                let change = events.change(
+                    &schema,
+                    &table,
+                    debezium::Op::Delete,
+                    Some(&old_data),
+                    None,
+                    lsn,
+                    &tx,
+                )?;
                 deliveries.extend(send_all(producer, change));
                 report.changes += 1;
             }
@@ -251,16 +342,23 @@ fn replication_err(slot: &str, e: ReplicationError) -> SourceError {
     let message = e.to_string();
     let hint = if message.contains("is active for PID") {
         " (another weir process, or a Debezium connector, is using this slot)"
-    } else if message.contains("permission denied") || message.contains("must be superuser or replication role") {
+    } else if message.contains("permission denied")
+        || message.contains("must be superuser or replication role")
+    {
         " (the user needs the REPLICATION attribute)"
     } else {
         ""
     };
-    SourceError::Replication { slot: slot.to_owned(), message: format!("{message}{hint}") }
+    SourceError::Replication {
+        slot: slot.to_owned(),
+        message: format!("{message}{hint}"),
+    }
 }
 
 async fn connect(connection: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(connection, NoTls).await.map_err(pg("connecting"))?;
+    let (client, conn) = tokio_postgres::connect(connection, NoTls)
+        .await
+        .map_err(pg("connecting"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "postgres connection closed");
@@ -274,7 +372,11 @@ fn replication_url(connection: &str) -> String {
     format!("{connection}{sep}replication=database")
 }
 
-async fn open_stream(pipeline: &Pipeline, export_snapshot: bool, stop_at: Option<u64>) -> Result<LogicalReplicationStream> {
+async fn open_stream(
+    pipeline: &Pipeline,
+    export_snapshot: bool,
+    stop_at: Option<u64>,
+) -> Result<LogicalReplicationStream> {
     let src = &pipeline.source;
     let mut config = ReplicationStreamConfig::new(
         src.slot_name.clone(),
@@ -287,7 +389,10 @@ async fn open_stream(pipeline: &Pipeline, export_snapshot: bool, stop_at: Option
         RetryConfig::default(),
     );
     let snapshot = if export_snapshot { "export" } else { "nothing" };
-    config = config.with_slot_options(ReplicationSlotOptions { snapshot: Some(snapshot.into()), ..Default::default() });
+    config = config.with_slot_options(ReplicationSlotOptions {
+        snapshot: Some(snapshot.into()),
+        ..Default::default()
+    });
     if let Some(lsn) = stop_at {
         config = config.with_stop_at_lsn(lsn);
     }
@@ -297,21 +402,28 @@ async fn open_stream(pipeline: &Pipeline, export_snapshot: bool, stop_at: Option
 }
 
 async fn check_preconditions(client: &tokio_postgres::Client, pipeline: &Pipeline) -> Result<()> {
-    let wal_level: String =
-        client.query_one("SHOW wal_level", &[]).await.map_err(pg("reading wal_level"))?.get(0);
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(pg("reading wal_level"))?
+        .get(0);
     if wal_level != "logical" {
         return Err(SourceError::Precondition(format!(
             "wal_level is `{wal_level}`; logical replication needs `wal_level = logical` in postgresql.conf (and a restart)"
         )));
     }
     let can_replicate: bool = client
-        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
         .await
         .map_err(pg("reading the user's attributes"))?
         .get(0);
     if !can_replicate {
         return Err(SourceError::Precondition(
-            "the connecting user lacks the REPLICATION attribute (ALTER ROLE … WITH REPLICATION)".into(),
+            "the connecting user lacks the REPLICATION attribute (ALTER ROLE … WITH REPLICATION)"
+                .into(),
         ));
     }
     if let Some(row) = client
@@ -334,7 +446,10 @@ async fn check_preconditions(client: &tokio_postgres::Client, pipeline: &Pipelin
     Ok(())
 }
 
-async fn load_schemas(client: &tokio_postgres::Client, tables: &[String]) -> Result<HashMap<String, TableSchema>> {
+async fn load_schemas(
+    client: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<HashMap<String, TableSchema>> {
     let mut out = HashMap::new();
     for qualified in tables {
         let (schema, table) = qualified.split_once('.').unwrap_or(("public", qualified));
@@ -353,7 +468,10 @@ async fn load_schemas(client: &tokio_postgres::Client, tables: &[String]) -> Res
             .await
             .map_err(pg(format!("reading the columns of {qualified}")))?;
         if rows.is_empty() {
-            return Err(SourceError::Table { table: qualified.clone(), message: "does not exist".into() });
+            return Err(SourceError::Table {
+                table: qualified.clone(),
+                message: "does not exist".into(),
+            });
         }
         let columns: Vec<debezium::Column> = rows
             .iter()
@@ -386,9 +504,21 @@ async fn ensure_publication(client: &tokio_postgres::Client, pipeline: &Pipeline
         .map_err(pg("looking up the publication"))?
         .is_some();
     if !exists {
-        let tables: Vec<String> = pipeline.source.tables.iter().map(|t| quote_qualified(t)).collect();
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), tables.join(", "));
-        client.batch_execute(&sql).await.map_err(pg(format!("creating publication {name}")))?;
+        let tables: Vec<String> = pipeline
+            .source
+            .tables
+            .iter()
+            .map(|t| quote_qualified(t))
+            .collect();
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(name),
+            tables.join(", ")
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(pg(format!("creating publication {name}")))?;
         tracing::info!(publication = %name, tables = ?pipeline.source.tables, "created publication");
     }
     Ok(())
@@ -396,7 +526,10 @@ async fn ensure_publication(client: &tokio_postgres::Client, pipeline: &Pipeline
 
 async fn slot_confirmed_lsn(client: &tokio_postgres::Client, slot: &str) -> Result<u64> {
     let lsn: Option<String> = client
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(pg("reading the slot's consistent point"))?
         .get(0);
@@ -462,10 +595,14 @@ async fn snapshot_tables(
     for (t_index, table) in tables.iter().enumerate() {
         let columns = table.column_list();
         client
-            .batch_execute(&format!("DECLARE weir_snapshot NO SCROLL CURSOR FOR SELECT {columns} FROM {}", table.quoted()))
+            .batch_execute(&format!(
+                "DECLARE weir_snapshot NO SCROLL CURSOR FOR SELECT {columns} FROM {}",
+                table.quoted()
+            ))
             .await
             .map_err(pg(format!("reading {}", table.qualified())))?;
-        let mut pending: Vec<futures::future::BoxFuture<'static, transport::Result<()>>> = Vec::new();
+        let mut pending: Vec<futures::future::BoxFuture<'static, transport::Result<()>>> =
+            Vec::new();
         let mut rows_in_table = 0u64;
         let mut buffered: Option<Vec<Option<String>>> = None;
         loop {
@@ -477,10 +614,18 @@ async fn snapshot_tables(
             for m in messages {
                 if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
                     fetched += 1;
-                    let values: Vec<Option<String>> = (0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect();
+                    let values: Vec<Option<String>> = (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect();
                     // Hold one row back so the very last snapshot event can be marked `last`.
                     if let Some(prev) = buffered.replace(values) {
-                        let records = events.snapshot_row(table, &prev, consistent_lsn, snapshot_ts_ms, false)?;
+                        let records = events.snapshot_row(
+                            table,
+                            &prev,
+                            consistent_lsn,
+                            snapshot_ts_ms,
+                            false,
+                        )?;
                         pending.extend(send_all(producer, records));
                         rows_in_table += 1;
                     }
@@ -496,17 +641,24 @@ async fn snapshot_tables(
         }
         if let Some(last) = buffered.take() {
             let is_last = t_index + 1 == tables.len();
-            let records = events.snapshot_row(table, &last, consistent_lsn, snapshot_ts_ms, is_last)?;
+            let records =
+                events.snapshot_row(table, &last, consistent_lsn, snapshot_ts_ms, is_last)?;
             for r in join_all(send_all(producer, records)).await {
                 r?;
             }
             rows_in_table += 1;
         }
-        client.batch_execute("CLOSE weir_snapshot").await.map_err(pg("closing snapshot cursor"))?;
+        client
+            .batch_execute("CLOSE weir_snapshot")
+            .await
+            .map_err(pg("closing snapshot cursor"))?;
         tracing::info!(table = %table.qualified(), rows = rows_in_table, "snapshot of table done");
         total += rows_in_table;
     }
-    client.batch_execute("COMMIT").await.map_err(pg("ending the snapshot transaction"))?;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(pg("ending the snapshot transaction"))?;
     Ok(total)
 }
 

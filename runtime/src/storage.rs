@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,21 +13,30 @@ pub enum StorageError {
     #[error("storage location `{location}`: {message}")]
     Location { location: String, message: String },
     #[error("storage {path}: {source}")]
-    Io { path: String, source: object_store::Error },
+    Io {
+        path: String,
+        source: object_store::Error,
+    },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Opens the store behind `location` and returns it with the path of `location` inside it.
 pub fn open(location: &str) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
-    let bad = |message: String| StorageError::Location { location: location.to_owned(), message };
+    let bad = |message: String| StorageError::Location {
+        location: location.to_owned(),
+        message,
+    };
     let url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
     if url.scheme() == "file" {
-        let dir = url.to_file_path().map_err(|()| bad("not an absolute file path".into()))?;
+        let dir = url
+            .to_file_path()
+            .map_err(|()| bad("not an absolute file path".into()))?;
         std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
     }
     let options = std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v));
-    let (store, path) = object_store::parse_url_opts(&url, options).map_err(|e| bad(e.to_string()))?;
+    let (store, path) =
+        object_store::parse_url_opts(&url, options).map_err(|e| bad(e.to_string()))?;
     Ok((Arc::from(store), path))
 }
 
@@ -37,14 +46,27 @@ pub async fn put(store: &dyn ObjectStore, path: &StorePath, bytes: Vec<u8>) -> R
         .put(path, PutPayload::from(bytes))
         .await
         .map(|_| ())
-        .map_err(|source| StorageError::Io { path: path.to_string(), source })
+        .map_err(|source| StorageError::Io {
+            path: path.to_string(),
+            source,
+        })
 }
 
 pub async fn get(store: &dyn ObjectStore, path: &StorePath) -> Result<Option<bytes::Bytes>> {
     match store.get(path).await {
-        Ok(r) => r.bytes().await.map(Some).map_err(|source| StorageError::Io { path: path.to_string(), source }),
+        Ok(r) => r
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(|source| StorageError::Io {
+                path: path.to_string(),
+                source,
+            }),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(source) => Err(StorageError::Io { path: path.to_string(), source }),
+        Err(source) => Err(StorageError::Io {
+            path: path.to_string(),
+            source,
+        }),
     }
 }
 
@@ -55,5 +77,8 @@ pub async fn list(store: &dyn ObjectStore, prefix: &StorePath) -> Result<Vec<Sto
         .map_ok(|meta| meta.location)
         .try_collect()
         .await
-        .map_err(|source| StorageError::Io { path: prefix.to_string(), source })
+        .map_err(|source| StorageError::Io {
+            path: prefix.to_string(),
+            source,
+        })
 }

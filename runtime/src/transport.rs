@@ -21,9 +21,17 @@ use crate::config::KafkaConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("kafka at {servers}: {action}: {source}")]
-    Kafka { servers: String, action: String, source: KafkaError },
+    Kafka {
+        servers: String,
+        action: String,
+        source: KafkaError,
+    },
     #[error("kafka at {servers}: creating topic {topic}: {message}")]
-    CreateTopic { servers: String, topic: String, message: String },
+    CreateTopic {
+        servers: String,
+        topic: String,
+        message: String,
+    },
 }
 
 pub type Result<T, E = TransportError> = std::result::Result<T, E>;
@@ -39,22 +47,39 @@ fn base_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-fn kafka_err(kafka: &KafkaConfig, action: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportError {
+fn kafka_err(
+    kafka: &KafkaConfig,
+    action: impl Into<String>,
+) -> impl FnOnce(KafkaError) -> TransportError {
     let servers = kafka.bootstrap_servers.clone();
     let action = action.into();
-    move |source| TransportError::Kafka { servers, action, source }
+    move |source| TransportError::Kafka {
+        servers,
+        action,
+        source,
+    }
 }
 
 /// Creates the topics that do not exist yet, with the configured partitions and replication.
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[String]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        base_config(kafka).create().map_err(kafka_err(kafka, "creating admin client"))?;
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka)
+        .create()
+        .map_err(kafka_err(kafka, "creating admin client"))?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                kafka.partitions,
+                TopicReplication::Fixed(kafka.replication_factor),
+            )
+        })
         .collect();
     let results = admin
-        .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
+        .create_topics(
+            &new_topics,
+            &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
+        )
         .await
         .map_err(kafka_err(kafka, "creating topics"))?;
     for result in results {
@@ -95,8 +120,13 @@ impl ChangeProducer {
                 config.set(k, v);
             }
         }
-        let producer = config.create().map_err(kafka_err(kafka, "creating producer"))?;
-        Ok(Self { producer, servers: kafka.bootstrap_servers.clone() })
+        let producer = config
+            .create()
+            .map_err(kafka_err(kafka, "creating producer"))?;
+        Ok(Self {
+            producer,
+            servers: kafka.bootstrap_servers.clone(),
+        })
     }
 
     /// Queues one event; the returned future resolves once the broker acknowledged it.
@@ -105,7 +135,7 @@ impl ChangeProducer {
         topic: &str,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-    ) -> impl Future<Output = Result<()>> + Send + 'static {
+    ) -> impl Future<Output = Result<()>> + Send + use<> {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
         if let Some(k) = key {
             record = record.key(k);
@@ -116,16 +146,24 @@ impl ChangeProducer {
         // A full local queue is back-pressure: wait for deliveries to drain it. Retrying right here
         // (not in the returned future) keeps records in the order they were handed to us.
         let mut queued = self.producer.send_result(record);
-        while let Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) = queued {
+        while let Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) =
+            queued
+        {
             std::thread::sleep(std::time::Duration::from_millis(5));
             queued = self.producer.send_result(returned);
         }
+        // The record borrows its key and value; keep only the error, so the future owns everything.
+        let queued = queued.map_err(|(e, _record)| e);
         let servers = self.servers.clone();
         let topic = topic.to_owned();
         async move {
-            let err = |source| TransportError::Kafka { servers, action: format!("producing to {topic}"), source };
+            let err = |source| TransportError::Kafka {
+                servers,
+                action: format!("producing to {topic}"),
+                source,
+            };
             match queued {
-                Err((e, _)) => Err(err(e)),
+                Err(e) => Err(err(e)),
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((e, _))) => Err(err(e)),
@@ -145,7 +183,9 @@ pub fn group_consumer(kafka: &KafkaConfig, group_suffix: &str) -> Result<StreamC
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    config.create().map_err(kafka_err(kafka, "creating consumer"))
+    config
+        .create()
+        .map_err(kafka_err(kafka, "creating consumer"))
 }
 
 /// The current end of each partition of `topic` (the offset the next record will get).
@@ -162,7 +202,10 @@ pub fn high_watermarks(
         for p in t.partitions() {
             let (_, high) = consumer
                 .fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)
-                .map_err(kafka_err(kafka, format!("reading watermarks of {topic}/{}", p.id())))?;
+                .map_err(kafka_err(
+                    kafka,
+                    format!("reading watermarks of {topic}/{}", p.id()),
+                ))?;
             out.insert(p.id(), high);
         }
     }

@@ -23,7 +23,15 @@ mod row {
     wasmtime::component::bindgen!({ path: "../wit", world: "row-transform" });
 }
 mod agg {
-    wasmtime::component::bindgen!({ path: "../wit", world: "aggregate" });
+    // Shares the interfaces' types (and the host implementation) with the row world.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "aggregate",
+        with: {
+            "weir:transform/types": super::row::weir::transform::types,
+            "weir:transform/host": super::row::weir::transform::host,
+        },
+    });
 }
 
 /// Epoch ticks per second: the time budget's resolution.
@@ -33,12 +41,27 @@ const TICKS_PER_SECOND: u64 = 100;
 pub enum WasmError {
     #[error("component {component}: cannot load: {message}")]
     Load { component: PathBuf, message: String },
-    #[error("component {component} does not export the `{world}` world of weir:transform: {message}")]
-    WrongWorld { component: PathBuf, world: &'static str, message: String },
+    #[error(
+        "component {component} does not export the `{world}` world of weir:transform: {message}"
+    )]
+    WrongWorld {
+        component: PathBuf,
+        world: &'static str,
+        message: String,
+    },
     #[error("{stage} component {component} rejected its configuration: {message}")]
-    Configure { stage: String, component: PathBuf, message: String },
+    Configure {
+        stage: String,
+        component: PathBuf,
+        message: String,
+    },
     #[error("{stage} component {component} failed on batch {batch}: {cause}")]
-    Batch { stage: String, component: PathBuf, batch: String, cause: String },
+    Batch {
+        stage: String,
+        component: PathBuf,
+        batch: String,
+        cause: String,
+    },
 }
 
 pub type Result<T, E = WasmError> = std::result::Result<T, E>;
@@ -88,8 +111,10 @@ impl WasmHost {
             }
             Err(e) => tracing::warn!(error = %e, "wasm compilation cache unavailable"),
         }
-        let engine = Engine::new(&config)
-            .map_err(|e| WasmError::Load { component: PathBuf::new(), message: e.to_string() })?;
+        let engine = Engine::new(&config).map_err(|e| WasmError::Load {
+            component: PathBuf::new(),
+            message: e.to_string(),
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ticking_engine, ticking_stop) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -100,15 +125,26 @@ impl WasmHost {
                     ticking_engine.increment_epoch();
                 }
             })
-            .map_err(|e| WasmError::Load { component: PathBuf::new(), message: e.to_string() })?;
-        Ok(Self { engine, limits, _ticker: Arc::new(Ticker(stop)) })
+            .map_err(|e| WasmError::Load {
+                component: PathBuf::new(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            engine,
+            limits,
+            _ticker: Arc::new(Ticker(stop)),
+        })
     }
 
     /// Compiles a component and checks that it exports `world`.
     pub fn load(&self, path: &Path, world: World) -> Result<LoadedComponent> {
-        let load_err = |message: String| WasmError::Load { component: path.to_owned(), message };
+        let load_err = |message: String| WasmError::Load {
+            component: path.to_owned(),
+            message,
+        };
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
-        let component = Component::new(&self.engine, &bytes).map_err(|e| load_err(format!("{e:#}")))?;
+        let component =
+            Component::new(&self.engine, &bytes).map_err(|e| load_err(format!("{e:#}")))?;
         let mut linker: Linker<GuestState> = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_err(e.to_string()))?;
         let wrong = |e: wasmtime::Error| WasmError::WrongWorld {
@@ -118,17 +154,23 @@ impl WasmHost {
         };
         let pre = match world {
             World::RowTransform => {
-                row::RowTransform::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong)?;
+                row::RowTransform::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    .map_err(wrong)?;
                 let pre = linker.instantiate_pre(&component).map_err(wrong)?;
                 Pre::Row(row::RowTransformPre::new(pre).map_err(wrong)?)
             }
             World::Aggregate => {
-                agg::Aggregate::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong)?;
+                agg::Aggregate::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    .map_err(wrong)?;
                 let pre = linker.instantiate_pre(&component).map_err(wrong)?;
                 Pre::Agg(agg::AggregatePre::new(pre).map_err(wrong)?)
             }
         };
-        Ok(LoadedComponent { host: self.clone(), path: path.to_owned(), pre })
+        Ok(LoadedComponent {
+            host: self.clone(),
+            path: path.to_owned(),
+            pre,
+        })
     }
 }
 
@@ -147,25 +189,22 @@ pub struct LoadedComponent {
 impl LoadedComponent {
     /// Instantiates the component for `stage` and hands it its configuration.
     pub fn instantiate(&self, stage: &str, config: &serde_json::Value) -> Result<Transform> {
-        let mut transform = Transform {
-            stage: stage.to_owned(),
+        let limits = self.host.limits;
+        let mut store = new_store(&self.host.engine, limits, &self.path);
+        arm(&mut store, limits);
+        let load_err = |e: wasmtime::Error| WasmError::Load {
             component: self.path.clone(),
-            limits: self.host.limits,
-            store: new_store(&self.host.engine, self.host.limits, &self.path),
-            instance: Instance::Row(None),
+            message: format!("{e:#}"),
         };
-        let load_err = |e: wasmtime::Error| WasmError::Load { component: self.path.clone(), message: format!("{e:#}") };
-        transform.arm();
-        transform.instance = match &self.pre {
-            Pre::Row(pre) => Instance::Row(Some(pre.instantiate(&mut transform.store).map_err(load_err)?)),
-            Pre::Agg(pre) => Instance::Agg(pre.instantiate(&mut transform.store).map_err(load_err)?),
+        let instance = match &self.pre {
+            Pre::Row(pre) => Instance::Row(pre.instantiate(&mut store).map_err(load_err)?),
+            Pre::Agg(pre) => Instance::Agg(pre.instantiate(&mut store).map_err(load_err)?),
         };
         let config_json = config.to_string();
-        transform.arm();
-        let outcome = match &transform.instance {
-            Instance::Row(Some(i)) => i.call_configure(&mut transform.store, &config_json),
-            Instance::Row(None) => unreachable!("instantiated above"),
-            Instance::Agg(i) => i.call_configure(&mut transform.store, &config_json),
+        arm(&mut store, limits);
+        let outcome = match &instance {
+            Instance::Row(i) => i.call_configure(&mut store, &config_json),
+            Instance::Agg(i) => i.call_configure(&mut store, &config_json),
         };
         let configure_err = |message: String| WasmError::Configure {
             stage: stage.to_owned(),
@@ -173,15 +212,21 @@ impl LoadedComponent {
             message,
         };
         match outcome {
-            Ok(Ok(())) => Ok(transform),
+            Ok(Ok(())) => Ok(Transform {
+                stage: stage.to_owned(),
+                component: self.path.clone(),
+                limits,
+                store,
+                instance,
+            }),
             Ok(Err(e)) => Err(configure_err(e.message)),
-            Err(trap) => Err(configure_err(format!("{trap:#}"))),
+            Err(trap) => Err(configure_err(describe_trap(&trap, limits))),
         }
     }
 }
 
 enum Instance {
-    Row(Option<row::RowTransform>),
+    Row(row::RowTransform),
     Agg(agg::Aggregate),
 }
 
@@ -198,17 +243,17 @@ impl Transform {
     /// Runs one batch through the component. `batch_label` names the batch in errors
     /// (e.g. the landing file, or the Delta versions it came from).
     pub fn call(&mut self, batch: &RecordBatch, batch_label: &str) -> Result<RecordBatch> {
+        let (stage, component) = (self.stage.clone(), self.component.clone());
         let fail = |cause: String| WasmError::Batch {
-            stage: self.stage.clone(),
-            component: self.component.clone(),
+            stage: stage.clone(),
+            component: component.clone(),
             batch: batch_label.to_owned(),
             cause,
         };
         let input = encode_ipc(batch).map_err(|e| fail(format!("cannot encode input: {e}")))?;
-        self.arm();
+        arm(&mut self.store, self.limits);
         let outcome = match &self.instance {
-            Instance::Row(Some(i)) => i.call_transform(&mut self.store, &input),
-            Instance::Row(None) => unreachable!("instantiated on creation"),
+            Instance::Row(i) => i.call_transform(&mut self.store, &input),
             Instance::Agg(i) => i.call_aggregate(&mut self.store, &input),
         };
         let output = match outcome {
@@ -226,26 +271,33 @@ impl Transform {
     pub fn counters(&self) -> &BTreeMap<String, u64> {
         &self.store.data().counters
     }
+}
 
-    /// Resets the per-call budgets: the epoch deadline and, if configured, the fuel.
-    fn arm(&mut self) {
-        let ticks = (self.limits.timeout_ms * TICKS_PER_SECOND).div_ceil(1000).max(1);
-        self.store.set_epoch_deadline(ticks);
-        if let Some(fuel) = self.limits.fuel {
-            // Fuel is enabled in the engine exactly when configured, so this cannot fail.
-            let _ = self.store.set_fuel(fuel);
-        }
+/// Resets the per-call budgets: the epoch deadline and, if configured, the fuel.
+fn arm(store: &mut Store<GuestState>, limits: WasmLimits) {
+    let ticks = (limits.timeout_ms * TICKS_PER_SECOND).div_ceil(1000).max(1);
+    store.set_epoch_deadline(ticks);
+    if let Some(fuel) = limits.fuel {
+        // Fuel is enabled in the engine exactly when configured, so this cannot fail.
+        let _ = store.set_fuel(fuel);
     }
 }
 
 fn describe_trap(trap: &wasmtime::Error, limits: WasmLimits) -> String {
     match trap.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => format!("exceeded its time budget of {} ms", limits.timeout_ms),
-        Some(wasmtime::Trap::OutOfFuel) => format!("ran out of fuel ({} units)", limits.fuel.unwrap_or(0)),
+        Some(wasmtime::Trap::Interrupt) => {
+            format!("exceeded its time budget of {} ms", limits.timeout_ms)
+        }
+        Some(wasmtime::Trap::OutOfFuel) => {
+            format!("ran out of fuel ({} units)", limits.fuel.unwrap_or(0))
+        }
         _ => {
             let text = format!("{trap:#}");
             if text.contains("memory") && text.contains("limit") || text.contains("memory.grow") {
-                format!("hit the memory limit of {} MiB: {text}", limits.memory_limit_bytes >> 20)
+                format!(
+                    "hit the memory limit of {} MiB: {text}",
+                    limits.memory_limit_bytes >> 20
+                )
             } else {
                 format!("trapped: {text}")
             }
@@ -258,7 +310,11 @@ fn new_store(engine: &Engine, limits: WasmLimits, path: &Path) -> Store<GuestSta
         // Nothing inherited: no preopened folders, no environment, no arguments, no network.
         wasi: WasiCtx::builder().build(),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new().memory_size(limits.memory_limit_bytes).instances(4).trap_on_grow_failure(true).build(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_limit_bytes)
+            .instances(4)
+            .trap_on_grow_failure(true)
+            .build(),
         counters: BTreeMap::new(),
         component: path.display().to_string(),
     };
@@ -278,34 +334,31 @@ struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
-macro_rules! impl_host {
-    ($m:ident) => {
-        impl $m::weir::transform::host::Host for GuestState {
-            fn log(&mut self, level: $m::weir::transform::host::Level, message: String) {
-                use $m::weir::transform::host::Level;
-                let component = self.component.as_str();
-                match level {
-                    Level::Trace => tracing::trace!(component, "{message}"),
-                    Level::Debug => tracing::debug!(component, "{message}"),
-                    Level::Info => tracing::info!(component, "{message}"),
-                    Level::Warn => tracing::warn!(component, "{message}"),
-                    Level::Error => tracing::error!(component, "{message}"),
-                }
-            }
-
-            fn count(&mut self, name: String, delta: u64) {
-                *self.counters.entry(name).or_default() += delta;
-            }
+impl row::weir::transform::host::Host for GuestState {
+    fn log(&mut self, level: row::weir::transform::host::Level, message: String) {
+        use row::weir::transform::host::Level;
+        let component = self.component.as_str();
+        match level {
+            Level::Trace => tracing::trace!(component, "{message}"),
+            Level::Debug => tracing::debug!(component, "{message}"),
+            Level::Info => tracing::info!(component, "{message}"),
+            Level::Warn => tracing::warn!(component, "{message}"),
+            Level::Error => tracing::error!(component, "{message}"),
         }
-        impl $m::weir::transform::types::Host for GuestState {}
-    };
+    }
+
+    fn count(&mut self, name: String, delta: u64) {
+        *self.counters.entry(name).or_default() += delta;
+    }
 }
-impl_host!(row);
-impl_host!(agg);
+impl row::weir::transform::types::Host for GuestState {}
 
 /// Arrow IPC stream bytes for one batch: the format of every call across the boundary.
 pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {

@@ -13,7 +13,10 @@ use tokio_postgres::{Client, NoTls};
 
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Addresses of the shared services, from the environment or `target/services/env`.
@@ -28,8 +31,12 @@ impl Services {
         let mut kafka = std::env::var("WEIR_KAFKA_BOOTSTRAP").ok();
         if pg_port.is_none() || kafka.is_none() {
             let env_file = repo_root().join("target/services/env");
-            let text = std::fs::read_to_string(&env_file)
-                .with_context(|| format!("no services: run `scripts/services up` (read {})", env_file.display()))?;
+            let text = std::fs::read_to_string(&env_file).with_context(|| {
+                format!(
+                    "no services: run `scripts/services up` (read {})",
+                    env_file.display()
+                )
+            })?;
             for line in text.lines() {
                 let line = line.trim_start_matches("export ");
                 if let Some(v) = line.strip_prefix("WEIR_PG_PORT=") {
@@ -42,7 +49,9 @@ impl Services {
         }
         match (pg_port, kafka) {
             (Some(pg_port), Some(kafka)) => Ok(Self { pg_port, kafka }),
-            _ => bail!("WEIR_PG_PORT and WEIR_KAFKA_BOOTSTRAP are not set; run `scripts/services up`"),
+            _ => bail!(
+                "WEIR_PG_PORT and WEIR_KAFKA_BOOTSTRAP are not set; run `scripts/services up`"
+            ),
         }
     }
 
@@ -52,7 +61,9 @@ impl Services {
 }
 
 pub async fn connect(url: &str) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting to {url}"))?;
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -73,13 +84,39 @@ impl TestPipeline {
     /// Creates database `<test>_<pid>_<n>` with the onlineshop table, empty.
     pub async fn new(test: &str) -> Result<Self> {
         let services = Services::get()?;
-        let name = format!("{test}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "{test}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let admin = connect(&services.pg_url("postgres")).await?;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.context("creating the test database")?;
+        // Slots left by earlier runs of this test would hold WAL back for as long as the cluster lives.
+        admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE NOT active AND slot_name LIKE $1 AND slot_name NOT LIKE $2",
+                &[
+                    &format!("{test}\\_%"),
+                    &format!("{test}\\_{}\\_%", std::process::id()),
+                ],
+            )
+            .await
+            .context("dropping slots of earlier runs")?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .context("creating the test database")?;
         let db = connect(&services.pg_url(&name)).await?;
         let schema = std::fs::read_to_string(repo_root().join("pipelines/onlineshop/schema.sql"))?;
-        db.batch_execute(&schema).await.context("creating the onlineshop table")?;
-        Ok(Self { name, services, dir: tempfile::tempdir()?, db })
+        db.batch_execute(&schema)
+            .await
+            .context("creating the onlineshop table")?;
+        Ok(Self {
+            name,
+            services,
+            dir: tempfile::tempdir()?,
+            db,
+        })
     }
 
     /// Loads the sample data set (1,305 rows) the way the quickstart does.
@@ -160,7 +197,12 @@ pub fn rows_as_text(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>> {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()?;
         for row in 0..b.num_rows() {
-            out.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect(),
+            );
         }
     }
     Ok(out)
@@ -168,26 +210,40 @@ pub fn rows_as_text(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>> {
 
 /// Rows of a PostgreSQL query as text (every column must be cast to text in the query).
 pub async fn pg_rows(db: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
-    let rows = db.query(sql, &[]).await.with_context(|| format!("running {sql}"))?;
+    let rows = db
+        .query(sql, &[])
+        .await
+        .with_context(|| format!("running {sql}"))?;
     Ok(rows
         .iter()
-        .map(|r| (0..r.len()).map(|i| r.get::<_, Option<String>>(i).unwrap_or_else(|| "NULL".into())).collect())
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    r.get::<_, Option<String>>(i)
+                        .unwrap_or_else(|| "NULL".into())
+                })
+                .collect()
+        })
         .collect())
 }
 
 /// Silver must equal `SELECT * FROM onlineshop`, row for row.
-pub async fn assert_silver_equals_source(t: &TestPipeline, pipeline: &weir::config::Pipeline) -> Result<usize> {
+pub async fn assert_silver_equals_source(
+    t: &TestPipeline,
+    pipeline: &weir::config::Pipeline,
+) -> Result<usize> {
     let silver = weir::lakehouse::query(
         pipeline,
-        "SELECT CAST(id AS VARCHAR), transactionno, CAST(date AS VARCHAR), productno, productname, \
-         CAST(price AS VARCHAR), CAST(quantity AS VARCHAR), customerno, country FROM silver ORDER BY id",
+        "SELECT CAST(id AS VARCHAR) AS id_text, transactionno, CAST(date AS VARCHAR) AS date_text, productno, \
+         productname, CAST(price AS VARCHAR) AS price_text, CAST(quantity AS VARCHAR) AS quantity_text, \
+         customerno, country FROM silver ORDER BY id",
     )
     .await?;
     let silver = rows_as_text(&silver)?;
     let source = pg_rows(
         &t.db,
         "SELECT id::text, transactionno, date::text, productno, productname, price::text, quantity::text, \
-         customerno, country FROM onlineshop ORDER BY id",
+         customerno, country FROM onlineshop ORDER BY onlineshop.id",
     )
     .await?;
     assert_same_rows("silver", &silver, "source", &source)?;
@@ -195,11 +251,14 @@ pub async fn assert_silver_equals_source(t: &TestPipeline, pipeline: &weir::conf
 }
 
 /// Gold must equal the same GROUP BY computed by PostgreSQL.
-pub async fn assert_gold_equals_group_by(t: &TestPipeline, pipeline: &weir::config::Pipeline) -> Result<usize> {
+pub async fn assert_gold_equals_group_by(
+    t: &TestPipeline,
+    pipeline: &weir::config::Pipeline,
+) -> Result<usize> {
     let gold = weir::lakehouse::query(
         pipeline,
-        "SELECT productno, CAST(total_quantity AS VARCHAR), CAST(total_sales AS VARCHAR), CAST(order_lines AS VARCHAR) \
-         FROM gold_sales_report ORDER BY productno",
+        "SELECT productno, CAST(total_quantity AS VARCHAR) AS q, CAST(total_sales AS VARCHAR) AS s, \
+         CAST(order_lines AS VARCHAR) AS n FROM gold_sales_report ORDER BY productno",
     )
     .await?;
     let gold = rows_as_text(&gold)?;
@@ -213,15 +272,28 @@ pub async fn assert_gold_equals_group_by(t: &TestPipeline, pipeline: &weir::conf
     Ok(source.len())
 }
 
-fn assert_same_rows(left_name: &str, left: &[Vec<String>], right_name: &str, right: &[Vec<String>]) -> Result<()> {
+fn assert_same_rows(
+    left_name: &str,
+    left: &[Vec<String>],
+    right_name: &str,
+    right: &[Vec<String>],
+) -> Result<()> {
     for (i, (l, r)) in left.iter().zip(right).enumerate() {
         if l != r {
             bail!("row {i} differs:\n  {left_name}: {l:?}\n  {right_name}: {r:?}");
         }
     }
     if left.len() != right.len() {
-        let extra = if left.len() > right.len() { &left[right.len()] } else { &right[left.len()] };
-        bail!("{left_name} has {} rows, {right_name} has {}; first extra row: {extra:?}", left.len(), right.len());
+        let extra = if left.len() > right.len() {
+            &left[right.len()]
+        } else {
+            &right[left.len()]
+        };
+        bail!(
+            "{left_name} has {} rows, {right_name} has {}; first extra row: {extra:?}",
+            left.len(),
+            right.len()
+        );
     }
     Ok(())
 }

@@ -6,12 +6,16 @@ use weir::config::Pipeline;
 use weir_tests::repo_root;
 
 fn onlineshop_text() -> Result<String> {
-    Ok(std::fs::read_to_string(repo_root().join("pipelines/onlineshop.toml"))?)
+    Ok(std::fs::read_to_string(
+        repo_root().join("pipelines/onlineshop.toml"),
+    )?)
 }
 
 /// Writes `text` beside the real pipeline file, so its relative component paths still resolve.
 fn load_variant(name: &str, text: &str) -> Result<Result<Pipeline, weir::config::ConfigError>> {
-    let path = repo_root().join("pipelines").join(format!(".test-{name}-{}.toml", std::process::id()));
+    let path = repo_root()
+        .join("pipelines")
+        .join(format!(".test-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, text)?;
     let parsed = Pipeline::load(&path);
     std::fs::remove_file(&path)?;
@@ -20,7 +24,9 @@ fn load_variant(name: &str, text: &str) -> Result<Result<Pipeline, weir::config:
 
 #[test]
 fn the_onlineshop_pipeline_validates_with_its_components() -> Result<()> {
-    let text = onlineshop_text()?.replace("${WEIR_PG_PORT}", "5432").replace("${WEIR_KAFKA_BOOTSTRAP}", "127.0.0.1:9092");
+    let text = onlineshop_text()?
+        .replace("${WEIR_PG_PORT}", "5432")
+        .replace("${WEIR_KAFKA_BOOTSTRAP}", "127.0.0.1:9092");
     let pipeline = load_variant("valid", &text)??;
     weir::pipeline::validate(&pipeline)?;
     assert_eq!(pipeline.layers().len(), 3);
@@ -30,11 +36,20 @@ fn the_onlineshop_pipeline_validates_with_its_components() -> Result<()> {
 #[test]
 fn a_misspelt_key_names_the_file_line_and_key() -> Result<()> {
     let text = onlineshop_text()?.replace("apply_as_deletes =", "apply_as_delete =");
-    let err = load_variant("typo", &text)?.expect_err("unknown key must be rejected").to_string();
-    let line = text.lines().position(|l| l.starts_with("apply_as_delete =")).map(|i| i + 1).unwrap_or(0);
+    let err = load_variant("typo", &text)?
+        .expect_err("unknown key must be rejected")
+        .to_string();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("apply_as_delete ="))
+        .map(|i| i + 1)
+        .unwrap_or(0);
     assert!(err.contains(".toml"), "{err}");
     assert!(err.contains("apply_as_delete"), "{err}");
-    assert!(err.contains(&format!("line {line}")), "expected line {line}: {err}");
+    assert!(
+        err.contains(&format!("line {line}")),
+        "expected line {line}: {err}"
+    );
     Ok(())
 }
 
@@ -43,9 +58,14 @@ fn a_component_exporting_the_wrong_world_is_rejected_by_name() -> Result<()> {
     let text = onlineshop_text()?
         .replace("${WEIR_PG_PORT}", "5432")
         .replace("${WEIR_KAFKA_BOOTSTRAP}", "127.0.0.1:9092")
-        .replace("release/bronze_cleanup.wasm", "release/gold_aggregates.wasm");
+        .replace(
+            "release/bronze_cleanup.wasm",
+            "release/gold_aggregates.wasm",
+        );
     let pipeline = load_variant("world", &text)??;
-    let err = weir::pipeline::validate(&pipeline).expect_err("gold component in bronze").to_string();
+    let err = weir::pipeline::validate(&pipeline)
+        .expect_err("gold component in bronze")
+        .to_string();
     assert!(err.contains("gold_aggregates.wasm"), "{err}");
     assert!(err.contains("row-transform"), "{err}");
     Ok(())
@@ -56,9 +76,14 @@ fn a_missing_component_file_is_named() -> Result<()> {
     let text = onlineshop_text()?
         .replace("${WEIR_PG_PORT}", "5432")
         .replace("${WEIR_KAFKA_BOOTSTRAP}", "127.0.0.1:9092")
-        .replace("release/silver_dedup.wasm", "release/no_such_component.wasm");
+        .replace(
+            "release/silver_dedup.wasm",
+            "release/no_such_component.wasm",
+        );
     let pipeline = load_variant("missing", &text)??;
-    let err = weir::pipeline::validate(&pipeline).expect_err("missing file").to_string();
+    let err = weir::pipeline::validate(&pipeline)
+        .expect_err("missing file")
+        .to_string();
     assert!(err.contains("no_such_component.wasm"), "{err}");
     Ok(())
 }

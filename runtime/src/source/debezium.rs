@@ -38,7 +38,11 @@ pub struct TableSchema {
 
 impl TableSchema {
     pub fn new(schema: &str, table: &str, columns: Vec<Column>) -> Self {
-        Self { schema: schema.to_owned(), table: table.to_owned(), columns }
+        Self {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            columns,
+        }
     }
 
     pub fn qualified(&self) -> String {
@@ -51,7 +55,11 @@ impl TableSchema {
 
     /// The select list for a snapshot read, in catalog order.
     pub fn column_list(&self) -> String {
-        self.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+        self.columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn columns(&self) -> &[Column] {
@@ -106,9 +114,17 @@ pub struct EventBuilder {
 
 impl EventBuilder {
     pub fn new(pipeline: &Pipeline, mut schemas: HashMap<String, TableSchema>) -> Self {
-        let tables: Vec<TableSchema> =
-            pipeline.source.tables.iter().filter_map(|t| schemas.remove(t)).collect();
-        let by_name = tables.iter().enumerate().map(|(i, t)| (t.qualified(), i)).collect();
+        let tables: Vec<TableSchema> = pipeline
+            .source
+            .tables
+            .iter()
+            .filter_map(|t| schemas.remove(t))
+            .collect();
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.qualified(), i))
+            .collect();
         let db = tokio_postgres::Config::from_str(&pipeline.source.connection)
             .ok()
             .and_then(|c| c.get_dbname().map(str::to_owned))
@@ -144,7 +160,15 @@ impl EventBuilder {
         format!("{}.{}", self.topic_prefix, table.qualified())
     }
 
-    fn source_block(&self, table: &TableSchema, ts_ms: i64, snapshot: &str, tx_id: Option<i64>, lsn: u64, commit_lsn: u64) -> Value {
+    fn source_block(
+        &self,
+        table: &TableSchema,
+        ts_ms: i64,
+        snapshot: &str,
+        tx_id: Option<i64>,
+        lsn: u64,
+        commit_lsn: u64,
+    ) -> Value {
         json!({
             "version": VERSION,
             "connector": "postgresql",
@@ -191,9 +215,17 @@ impl EventBuilder {
         });
         let key_bytes = key.map(|k| k.to_string().into_bytes());
         let topic = self.topic(t);
-        let mut out = vec![Record { topic: topic.clone(), key: key_bytes.clone(), value: Some(event.to_string().into_bytes()) }];
+        let mut out = vec![Record {
+            topic: topic.clone(),
+            key: key_bytes.clone(),
+            value: Some(event.to_string().into_bytes()),
+        }];
         if op == Op::Delete && self.tombstones_on_delete {
-            out.push(Record { topic, key: key_bytes, value: None });
+            out.push(Record {
+                topic,
+                key: key_bytes,
+                value: None,
+            });
         }
         Ok(out)
     }
@@ -210,7 +242,11 @@ impl EventBuilder {
             "ts_ms": chrono::Utc::now().timestamp_millis(),
             "transaction": null,
         });
-        Ok(vec![Record { topic: self.topic(t), key: None, value: Some(event.to_string().into_bytes()) }])
+        Ok(vec![Record {
+            topic: self.topic(t),
+            key: None,
+            value: Some(event.to_string().into_bytes()),
+        }])
     }
 
     /// A snapshot read (`op: r`) of one row, values in the table's column order.
@@ -263,7 +299,10 @@ impl EventBuilder {
         let has_key = table.columns.iter().any(|c| c.is_key);
         let mut key = Map::new();
         for column in table.columns.iter().filter(|c| c.is_key || !has_key) {
-            key.insert(column.name.clone(), image.get(&column.name).cloned().unwrap_or(Value::Null));
+            key.insert(
+                column.name.clone(),
+                image.get(&column.name).cloned().unwrap_or(Value::Null),
+            );
         }
         Value::Object(key)
     }
@@ -281,7 +320,10 @@ pub fn convert(type_oid: u32, text: &str, decimal_mode: DecimalHandlingMode) -> 
     let as_text = || Value::String(text.to_owned());
     match type_oid {
         16 => Value::Bool(text == "t"),
-        20 | 21 | 23 | 26 => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| as_text()),
+        20 | 21 | 23 | 26 => text
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| as_text()),
         700 | 701 => match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Value::from(f),
             _ => as_text(),
@@ -324,7 +366,11 @@ fn parse_timestamptz(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         _ => return None,
     };
     let offset = &text[sign_pos..];
-    let offset = if offset.len() == 3 { format!("{offset}:00") } else { offset.to_owned() };
+    let offset = if offset.len() == 3 {
+        format!("{offset}:00")
+    } else {
+        offset.to_owned()
+    };
     chrono::DateTime::parse_from_str(&format!("{head}{offset}"), "%Y-%m-%d %H:%M:%S%.f%:z")
         .ok()
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -336,28 +382,55 @@ mod tests {
 
     #[test]
     fn dates_are_days_since_epoch_as_debezium_encodes_them() {
-        assert_eq!(convert(1082, "2019-12-09", DecimalHandlingMode::String), json!(18239));
-        assert_eq!(convert(1082, "1970-01-01", DecimalHandlingMode::String), json!(0));
+        assert_eq!(
+            convert(1082, "2019-12-09", DecimalHandlingMode::String),
+            json!(18239)
+        );
+        assert_eq!(
+            convert(1082, "1970-01-01", DecimalHandlingMode::String),
+            json!(0)
+        );
     }
 
     #[test]
     fn numeric_follows_decimal_handling_mode() {
-        assert_eq!(convert(1700, "21.47", DecimalHandlingMode::String), json!("21.47"));
-        assert_eq!(convert(1700, "21.47", DecimalHandlingMode::Double), json!(21.47));
-        assert_eq!(convert(1700, "NaN", DecimalHandlingMode::Double), json!("NaN"));
+        assert_eq!(
+            convert(1700, "21.47", DecimalHandlingMode::String),
+            json!("21.47")
+        );
+        assert_eq!(
+            convert(1700, "21.47", DecimalHandlingMode::Double),
+            json!(21.47)
+        );
+        assert_eq!(
+            convert(1700, "NaN", DecimalHandlingMode::Double),
+            json!("NaN")
+        );
     }
 
     #[test]
     fn timestamps_follow_debezium_time_types() {
-        assert_eq!(convert(1114, "1970-01-01 00:00:01.5", DecimalHandlingMode::String), json!(1_500_000));
-        assert_eq!(convert(1184, "2019-12-09 10:00:00+02", DecimalHandlingMode::String), json!("2019-12-09T08:00:00Z"));
-        assert_eq!(convert(1083, "00:00:02", DecimalHandlingMode::String), json!(2_000_000));
+        assert_eq!(
+            convert(1114, "1970-01-01 00:00:01.5", DecimalHandlingMode::String),
+            json!(1_500_000)
+        );
+        assert_eq!(
+            convert(1184, "2019-12-09 10:00:00+02", DecimalHandlingMode::String),
+            json!("2019-12-09T08:00:00Z")
+        );
+        assert_eq!(
+            convert(1083, "00:00:02", DecimalHandlingMode::String),
+            json!(2_000_000)
+        );
     }
 
     #[test]
     fn integers_booleans_and_text_keep_their_json_types() {
         assert_eq!(convert(23, "-12", DecimalHandlingMode::String), json!(-12));
         assert_eq!(convert(16, "t", DecimalHandlingMode::String), json!(true));
-        assert_eq!(convert(25, "85123A", DecimalHandlingMode::String), json!("85123A"));
+        assert_eq!(
+            convert(25, "85123A", DecimalHandlingMode::String),
+            json!("85123A")
+        );
     }
 }

@@ -159,12 +159,12 @@ pub async fn run(
     }
     let committed = |consumer: &rdkafka::consumer::StreamConsumer| -> BTreeMap<(String, i32), i64> {
         let mut out = BTreeMap::new();
-        if let Ok(assignment) = consumer.assignment() {
-            if let Ok(tpl) = consumer.committed_offsets(assignment, Duration::from_secs(10)) {
-                for e in tpl.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        out.insert((e.topic().to_owned(), e.partition()), o);
-                    }
+        if let Ok(assignment) = consumer.assignment()
+            && let Ok(tpl) = consumer.committed_offsets(assignment, Duration::from_secs(10))
+        {
+            for e in tpl.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    out.insert((e.topic().to_owned(), e.partition()), o);
                 }
             }
         }

@@ -111,8 +111,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,weir=info"));
+    // The Delta kernel logs an ERROR when probing a table that does not exist yet, and MERGE warns
+    // about metrics it derives; weir reports real failures itself, naming stage and table.
+    const DEFAULT: &str =
+        "warn,weir=info,buoyant_kernel=off,deltalake_core::operations::merge=error";
+    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

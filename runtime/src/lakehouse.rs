@@ -411,6 +411,27 @@ fn with_ingestion_metadata(
 ) -> arrow::error::Result<RecordBatch> {
     let n = batch.num_rows();
     let now = chrono::Utc::now().timestamp_micros();
+    let utc_micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    with_columns(
+        batch,
+        vec![
+            (
+                Field::new("_ingested_at", utc_micros, false),
+                Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
+            ),
+            (
+                Field::new("_landing_file", DataType::Utf8, false),
+                Arc::new(StringArray::from(vec![landing_file; n])),
+            ),
+        ],
+    )
+}
+
+/// `batch` with `extra` columns appended.
+fn with_columns(
+    batch: &RecordBatch,
+    extra: Vec<(Field, ArrayRef)>,
+) -> arrow::error::Result<RecordBatch> {
     let mut fields: Vec<Field> = batch
         .schema()
         .fields()
@@ -418,16 +439,10 @@ fn with_ingestion_metadata(
         .map(|f| f.as_ref().clone())
         .collect();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    fields.push(Field::new(
-        "_ingested_at",
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        false,
-    ));
-    columns.push(Arc::new(
-        TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"),
-    ));
-    fields.push(Field::new("_landing_file", DataType::Utf8, false));
-    columns.push(Arc::new(StringArray::from(vec![landing_file; n])));
+    for (field, column) in extra {
+        fields.push(field);
+        columns.push(column);
+    }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
@@ -865,19 +880,11 @@ fn weigh(stage: &str, changes: Vec<(RecordBatch, StringArray)>) -> Result<Option
                 _ => Some(0),
             })
             .collect();
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("weight", DataType::Int64, false));
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(weights));
-        out.push(
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-                .map_err(|e| stage_err(stage, e))?,
+        let weight = (
+            Field::new("weight", DataType::Int64, false),
+            Arc::new(weights) as ArrayRef,
         );
+        out.push(with_columns(&batch, vec![weight]).map_err(|e| stage_err(stage, e))?);
     }
     concat(stage, out)
 }

@@ -19,6 +19,39 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The `weir` binary of this workspace's build (`scripts/test` builds it before the tests run).
+pub fn weir_binary() -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let binary = target.join("debug").join("weir");
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build -p weir` (scripts/test does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Retries `check` every 200 ms until it succeeds or `within` passes; returns its last error.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("still failing after {within:?}")));
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// Addresses of the shared services, from the environment or `target/services/env`.
 pub struct Services {
     pub pg_port: String,
@@ -135,6 +168,11 @@ impl TestPipeline {
         Ok(sink.finish().await?)
     }
 
+    /// Where [`Self::pipeline`] writes the pipeline file.
+    pub fn pipeline_path(&self) -> PathBuf {
+        self.dir.path().join("pipeline.toml")
+    }
+
     /// Writes this test's pipeline file (the onlineshop pipeline, renamed) and parses it.
     pub fn pipeline(&self) -> Result<weir::config::Pipeline> {
         let guests = repo_root().join("guest-examples/target/wasm32-wasip2/release");
@@ -180,7 +218,7 @@ count_column = "order_lines"
             lake = lake.display(),
             guests = guests.display(),
         );
-        let path = self.dir.path().join("pipeline.toml");
+        let path = self.pipeline_path();
         std::fs::write(&path, text)?;
         Ok(weir::config::Pipeline::load(&path)?)
     }

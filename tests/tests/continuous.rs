@@ -1,0 +1,77 @@
+//! `weir run FILE`: streams until SIGINT, then finishes in-flight work, checkpoints and exits 0.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use weir_tests::{
+    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, eventually, weir_binary,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_run_streams_live_changes_and_stops_cleanly_on_sigint() -> Result<()> {
+    let t = TestPipeline::new("continuous").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline()?;
+    let log_path = t.dir.path().join("weir.log");
+    let mut weir = tokio::process::Command::new(weir_binary()?)
+        .arg("run")
+        .arg(t.pipeline_path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // The snapshot arrives in silver while the process keeps running.
+    eventually(Duration::from_secs(120), || {
+        assert_silver_equals_source(&t, &pipeline)
+    })
+    .await
+    .with_context(log)?;
+
+    // Changes made while it runs reach silver and gold without a restart.
+    t.db.batch_execute(
+        "UPDATE onlineshop SET quantity = 1000 WHERE id = 7;
+         DELETE FROM onlineshop WHERE id BETWEEN 100 AND 109;
+         INSERT INTO onlineshop (transactionno, date, productno, productname, price, quantity, customerno, country)
+           VALUES ('581600', '2019-12-10', '85123A', 'Cream Hanging Heart T-Light Holder', 2.55, 12, '17490', 'United Kingdom');",
+    )
+    .await?;
+    let last_change: String =
+        t.db.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await?
+            .get(0);
+    eventually(Duration::from_secs(60), || async {
+        let rows = assert_silver_equals_source(&t, &pipeline).await?;
+        ensure!(rows == 1305 - 10 + 1, "silver has {rows} rows");
+        assert_gold_equals_group_by(&t, &pipeline).await
+    })
+    .await
+    .with_context(log)?;
+
+    // SIGINT: drain, checkpoint, exit 0, leaving the slot confirmed past the changes.
+    let pid = weir.id().context("weir exited early")?;
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    ensure!(signalled.success(), "could not signal weir");
+    let status = tokio::time::timeout(Duration::from_secs(60), weir.wait())
+        .await
+        .with_context(|| format!("weir did not stop within 60 s of SIGINT\n{}", log()))??;
+    ensure!(status.success(), "weir exited with {status}\n{}", log());
+    let confirmed_past_changes: bool = t
+        .db
+        .query_one(
+            "SELECT confirmed_flush_lsn >= $1::text::pg_lsn AND NOT active FROM pg_replication_slots WHERE slot_name = $2",
+            &[&last_change, &t.name],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        confirmed_past_changes,
+        "the slot was not confirmed past the streamed changes\n{}",
+        log()
+    );
+    Ok(())
+}

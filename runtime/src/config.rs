@@ -41,7 +41,7 @@ pub struct Pipeline {
     pub source: SourceConfig,
     pub kafka: KafkaConfig,
     pub landing: LandingConfig,
-    pub bronze: LayerConfig,
+    pub bronze: BronzeConfig,
     pub silver: SilverConfig,
     pub gold: BTreeMap<String, GoldConfig>,
     pub wasm: WasmLimits,
@@ -56,30 +56,48 @@ pub struct SourceConfig {
     pub connection: String,
     pub slot_name: String,
     pub publication_name: String,
-    /// `schema.table` names, as Debezium's `table.include.list`.
-    pub tables: Vec<String>,
+    pub publication_autocreate_mode: PublicationAutocreateMode,
+    /// Regular expressions matched against whole `schema.table` names, as Debezium's
+    /// `table.include.list` / `table.exclude.list`.
+    pub table_include_list: Vec<String>,
+    pub table_exclude_list: Vec<String>,
     pub snapshot_mode: SnapshotMode,
     pub decimal_handling_mode: DecimalHandlingMode,
+    pub time_precision_mode: TimePrecisionMode,
+    pub binary_handling_mode: BinaryHandlingMode,
+    pub tombstones_on_delete: bool,
+    /// 0 turns heartbeats off, as in Debezium.
     pub heartbeat_interval_ms: u64,
+    /// Run at every heartbeat instead of emitting a logical message (`heartbeat.action.query`).
+    pub heartbeat_action_query: Option<String>,
 }
 
+pub use crate::source::types::{BinaryHandlingMode, DecimalHandlingMode, TimePrecisionMode};
+
+/// Debezium's `snapshot.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotMode {
     /// Snapshot the tables when the slot is first created, then stream.
     Initial,
+    /// Snapshot at every start (on a freshly created slot), then stream.
+    Always,
+    /// Snapshot once, then stop capturing (the slot is dropped so it cannot hold WAL back).
+    InitialOnly,
     /// Only stream changes from the slot's creation on.
     Never,
 }
 
-/// How `numeric` values appear in change events, as Debezium's `decimal.handling.mode`.
+/// Debezium's `publication.autocreate.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DecimalHandlingMode {
-    /// Exact, as a JSON string ("21.47").
-    String,
-    /// As a JSON number; may lose precision.
-    Double,
+pub enum PublicationAutocreateMode {
+    /// Create the publication `FOR ALL TABLES` if it does not exist (needs superuser).
+    AllTables,
+    /// Create it for the captured tables, or set its tables to them if it exists.
+    Filtered,
+    /// Never touch it: it must exist.
+    Disabled,
 }
 
 #[derive(Debug, Clone)]
@@ -87,10 +105,34 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub topic_prefix: String,
     pub group_id: String,
-    pub partitions: i32,
-    pub replication_factor: i32,
+    pub topic_creation: TopicCreation,
     /// Passed to librdkafka as is, for producers and consumers (SASL/SSL settings for Event Hubs).
     pub options: BTreeMap<String, String>,
+}
+
+/// Settings of the topics weir creates, as Debezium's `topic.creation.default.*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicCreation {
+    #[serde(default = "one")]
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication_factor: i32,
+    /// `cleanup.policy` (`delete`, `compact`, `compact,delete`); the broker's default when unset.
+    pub cleanup_policy: Option<String>,
+    /// `compression.type` (`lz4`, `zstd`, `producer`, …); the broker's default when unset.
+    pub compression_type: Option<String>,
+}
+
+impl Default for TopicCreation {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            replication_factor: 1,
+            cleanup_policy: None,
+            compression_type: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +149,13 @@ pub struct LayerConfig {
     /// The layer's `config` table, handed to the component's `configure` as JSON.
     pub component_config: serde_json::Value,
     pub partition_by: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BronzeConfig {
+    pub layer: LayerConfig,
+    /// The captured `schema.table` whose landing files bronze reads (silver and gold follow bronze).
+    pub source_table: String,
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +218,7 @@ struct RawFile {
     source: RawSource,
     kafka: RawKafka,
     landing: RawLanding,
-    bronze: RawLayer,
+    bronze: RawBronze,
     silver: RawSilver,
     #[serde(default)]
     gold: BTreeMap<String, RawGold>,
@@ -190,23 +239,43 @@ struct RawSource {
     connection: Spanned<String>,
     slot_name: Option<Spanned<String>>,
     publication_name: Option<Spanned<String>>,
-    tables: Spanned<Vec<String>>,
+    #[serde(default = "default_autocreate_mode")]
+    publication_autocreate_mode: PublicationAutocreateMode,
+    table_include_list: Spanned<Vec<String>>,
+    table_exclude_list: Option<Spanned<Vec<String>>>,
     #[serde(default = "default_snapshot_mode")]
     snapshot_mode: SnapshotMode,
     #[serde(default = "default_decimal_mode")]
     decimal_handling_mode: DecimalHandlingMode,
-    #[serde(default = "default_heartbeat_ms")]
+    #[serde(default = "default_time_precision_mode")]
+    time_precision_mode: TimePrecisionMode,
+    #[serde(default = "default_binary_mode")]
+    binary_handling_mode: BinaryHandlingMode,
+    #[serde(default = "yes")]
+    tombstones_on_delete: bool,
+    #[serde(default)]
     heartbeat_interval_ms: u64,
+    heartbeat_action_query: Option<String>,
 }
 
+// Debezium's defaults.
+fn default_autocreate_mode() -> PublicationAutocreateMode {
+    PublicationAutocreateMode::AllTables
+}
 fn default_snapshot_mode() -> SnapshotMode {
     SnapshotMode::Initial
 }
 fn default_decimal_mode() -> DecimalHandlingMode {
-    DecimalHandlingMode::String
+    DecimalHandlingMode::Precise
 }
-fn default_heartbeat_ms() -> u64 {
-    5_000
+fn default_time_precision_mode() -> TimePrecisionMode {
+    TimePrecisionMode::Adaptive
+}
+fn default_binary_mode() -> BinaryHandlingMode {
+    BinaryHandlingMode::Bytes
+}
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -216,10 +285,8 @@ struct RawKafka {
     #[serde(default = "default_topic_prefix")]
     topic_prefix: String,
     group_id: Option<String>,
-    #[serde(default = "one")]
-    partitions: i32,
-    #[serde(default = "one")]
-    replication_factor: i32,
+    #[serde(default)]
+    topic_creation: TopicCreation,
     #[serde(default)]
     options: BTreeMap<String, Spanned<String>>,
 }
@@ -245,7 +312,8 @@ fn default_rows_per_file() -> usize {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLayer {
+struct RawBronze {
+    source_table: Spanned<String>,
     component: Spanned<String>,
     table: Spanned<String>,
     #[serde(default)]
@@ -353,22 +421,35 @@ impl Pipeline {
         }
         let slug = name.replace('-', "_");
 
-        let tables = raw.source.tables.get_ref().clone();
-        if tables.is_empty() {
+        let table_include_list =
+            ctx.patterns(&raw.source.table_include_list, "source.table_include_list")?;
+        if table_include_list.is_empty() {
             return Err(ctx.invalid(
-                &raw.source.tables,
-                "source.tables",
-                "name at least one `schema.table`",
+                &raw.source.table_include_list,
+                "source.table_include_list",
+                "name at least one `schema.table` (a regular expression)",
             ));
         }
-        for t in &tables {
-            if t.split('.').count() != 2 {
-                return Err(ctx.invalid(
-                    &raw.source.tables,
-                    "source.tables",
-                    &format!("`{t}` is not `schema.table`"),
-                ));
-            }
+        let table_exclude_list = match &raw.source.table_exclude_list {
+            Some(list) => ctx.patterns(list, "source.table_exclude_list")?,
+            None => Vec::new(),
+        };
+        let bronze_source = raw.bronze.source_table.get_ref().clone();
+        if bronze_source.split('.').count() != 2 {
+            return Err(ctx.invalid(
+                &raw.bronze.source_table,
+                "bronze.source_table",
+                &format!("`{bronze_source}` is not `schema.table`"),
+            ));
+        }
+        if let Some(action) = &raw.source.heartbeat_action_query
+            && raw.source.heartbeat_interval_ms == 0
+        {
+            return Err(ctx.invalid(
+                &raw.source.connection,
+                "source.heartbeat_action_query",
+                &format!("`{action}` never runs: set source.heartbeat_interval_ms too"),
+            ));
         }
         let landing_location = ctx.location(&raw.landing.location, "landing.location")?;
         let state_location = match &raw.pipeline.state_location {
@@ -424,31 +505,39 @@ impl Pipeline {
                 connection: ctx.expand(&raw.source.connection, "source.connection")?,
                 slot_name,
                 publication_name,
-                tables,
+                publication_autocreate_mode: raw.source.publication_autocreate_mode,
+                table_include_list,
+                table_exclude_list,
                 snapshot_mode: raw.source.snapshot_mode,
                 decimal_handling_mode: raw.source.decimal_handling_mode,
+                time_precision_mode: raw.source.time_precision_mode,
+                binary_handling_mode: raw.source.binary_handling_mode,
+                tombstones_on_delete: raw.source.tombstones_on_delete,
                 heartbeat_interval_ms: raw.source.heartbeat_interval_ms,
+                heartbeat_action_query: raw.source.heartbeat_action_query,
             },
             kafka: KafkaConfig {
                 bootstrap_servers: ctx
                     .expand(&raw.kafka.bootstrap_servers, "kafka.bootstrap_servers")?,
                 topic_prefix: raw.kafka.topic_prefix,
                 group_id: raw.kafka.group_id.unwrap_or_else(|| format!("weir-{name}")),
-                partitions: raw.kafka.partitions,
-                replication_factor: raw.kafka.replication_factor,
+                topic_creation: raw.kafka.topic_creation,
                 options,
             },
             landing: LandingConfig {
                 location: landing_location,
                 max_rows_per_file: raw.landing.max_rows_per_file.max(1),
             },
-            bronze: ctx.layer(
-                &raw.bronze.component,
-                &raw.bronze.table,
-                raw.bronze.config,
-                raw.bronze.partition_by,
-                "bronze",
-            )?,
+            bronze: BronzeConfig {
+                layer: ctx.layer(
+                    &raw.bronze.component,
+                    &raw.bronze.table,
+                    raw.bronze.config,
+                    raw.bronze.partition_by,
+                    "bronze",
+                )?,
+                source_table: bronze_source,
+            },
             silver: SilverConfig {
                 layer: ctx.layer(
                     &raw.silver.component,
@@ -482,7 +571,7 @@ impl Pipeline {
     /// Every layer with a component, named as in the file (`bronze`, `silver`, `gold.<name>`).
     pub fn layers(&self) -> Vec<(String, &LayerConfig)> {
         let mut out = vec![
-            ("bronze".to_owned(), &self.bronze),
+            ("bronze".to_owned(), &self.bronze.layer),
             ("silver".to_owned(), &self.silver.layer),
         ];
         out.extend(
@@ -589,6 +678,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// A list of regular expressions, each checked; they match whole names.
+    fn patterns(&self, list: &Spanned<Vec<String>>, key: &str) -> Result<Vec<String>> {
+        for pattern in list.get_ref() {
+            if let Err(e) = regex::Regex::new(&format!("^(?:{pattern})$")) {
+                return Err(self.invalid(
+                    list,
+                    key,
+                    &format!("`{pattern}` is not a valid regular expression: {e}"),
+                ));
+            }
+        }
+        Ok(list.get_ref().clone())
+    }
+
     fn layer(
         &self,
         component: &Spanned<String>,
@@ -636,7 +739,7 @@ name = "shop"
 
 [source]
 connection = "postgres://u@127.0.0.1/business"
-tables = ["public.onlineshop"]
+table_include_list = ["public.onlineshop"]
 
 [kafka]
 bootstrap_servers = "127.0.0.1:9092"
@@ -645,6 +748,7 @@ bootstrap_servers = "127.0.0.1:9092"
 location = "../lake/landing"
 
 [bronze]
+source_table = "public.onlineshop"
 component = "b.wasm"
 table = "../lake/bronze"
 
@@ -669,7 +773,7 @@ count_column = "order_lines"
         let p = parse(MINIMAL).expect("valid file");
         assert_eq!(p.landing.location, "file:///etc/weir/lake/landing");
         assert_eq!(
-            p.bronze.component,
+            p.bronze.layer.component,
             PathBuf::from("/etc/weir/pipelines/b.wasm")
         );
         assert_eq!(p.state_location, "file:///etc/weir/lake/landing/_weir");
@@ -686,7 +790,7 @@ count_column = "order_lines"
         let err = parse(&text).expect_err("typo must be rejected").to_string();
         assert!(err.contains("shop.toml"), "{err}");
         assert!(err.contains("sequnce_by"), "{err}");
-        assert!(err.contains("line 23"), "{err}");
+        assert!(err.contains("line 24"), "{err}");
     }
 
     #[test]
@@ -700,8 +804,79 @@ count_column = "order_lines"
 
     #[test]
     fn bad_slot_name_is_rejected() {
-        let text = MINIMAL.replace("tables =", "slot_name = \"Bad-Slot\"\ntables =");
+        let text = MINIMAL.replace(
+            "table_include_list =",
+            "slot_name = \"Bad-Slot\"\ntable_include_list =",
+        );
         let err = parse(&text).expect_err("bad slot").to_string();
         assert!(err.contains("source.slot_name"), "{err}");
+    }
+
+    #[test]
+    fn source_defaults_are_debeziums() {
+        let p = parse(MINIMAL).expect("valid file");
+        assert_eq!(p.source.snapshot_mode, SnapshotMode::Initial);
+        assert_eq!(
+            p.source.publication_autocreate_mode,
+            PublicationAutocreateMode::AllTables
+        );
+        assert_eq!(p.source.decimal_handling_mode, DecimalHandlingMode::Precise);
+        assert_eq!(p.source.time_precision_mode, TimePrecisionMode::Adaptive);
+        assert_eq!(p.source.binary_handling_mode, BinaryHandlingMode::Bytes);
+        assert!(p.source.tombstones_on_delete);
+        assert_eq!(p.source.heartbeat_interval_ms, 0);
+        assert_eq!(p.kafka.topic_creation.partitions, 1);
+        assert_eq!(p.kafka.topic_creation.cleanup_policy, None);
+    }
+
+    #[test]
+    fn topic_creation_settings_are_read() {
+        let text = MINIMAL.replace(
+            "bootstrap_servers = \"127.0.0.1:9092\"",
+            "bootstrap_servers = \"127.0.0.1:9092\"\n[kafka.topic_creation]\npartitions = 3\ncleanup_policy = \"compact\"\ncompression_type = \"lz4\"",
+        );
+        let p = parse(&text).expect("valid file");
+        assert_eq!(p.kafka.topic_creation.partitions, 3);
+        assert_eq!(
+            p.kafka.topic_creation.cleanup_policy.as_deref(),
+            Some("compact")
+        );
+        assert_eq!(
+            p.kafka.topic_creation.compression_type.as_deref(),
+            Some("lz4")
+        );
+    }
+
+    #[test]
+    fn an_invalid_table_pattern_is_named_with_its_line() {
+        let text = MINIMAL.replace(
+            "[\"public.onlineshop\"]\n\n[kafka]",
+            "[\"public.(online\"]\n\n[kafka]",
+        );
+        let err = parse(&text).expect_err("bad regex").to_string();
+        assert!(err.contains("source.table_include_list"), "{err}");
+        assert!(err.contains("public.(online"), "{err}");
+        assert!(err.contains(":7:"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_snapshot_mode_is_rejected() {
+        let text = MINIMAL.replace(
+            "table_include_list =",
+            "snapshot_mode = \"sometimes\"\ntable_include_list =",
+        );
+        let err = parse(&text).expect_err("bad mode").to_string();
+        assert!(err.contains("sometimes"), "{err}");
+        assert!(err.contains("initial_only"), "{err}");
+    }
+
+    #[test]
+    fn a_heartbeat_query_without_an_interval_is_rejected() {
+        let text = MINIMAL.replace(
+            "table_include_list =",
+            "heartbeat_action_query = \"UPDATE hb SET ts = now()\"\ntable_include_list =",
+        );
+        let err = parse(&text).expect_err("query never runs").to_string();
+        assert!(err.contains("heartbeat_interval_ms"), "{err}");
     }
 }

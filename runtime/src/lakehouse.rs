@@ -128,9 +128,9 @@ impl Layers {
             };
         let bronze = instantiate(
             "bronze",
-            &pipeline.bronze.component,
+            &pipeline.bronze.layer.component,
             World::RowTransform,
-            &pipeline.bronze.component_config,
+            &pipeline.bronze.layer.component_config,
         )?;
         let silver = instantiate(
             "silver",
@@ -254,19 +254,14 @@ fn app_id(pipeline: &Pipeline, stage: &str) -> String {
     format!("weir:{}:{stage}", pipeline.name)
 }
 
-/// The single captured table the layers serve (see `config`: one table per pipeline's layers).
-fn layer_table(pipeline: &Pipeline) -> &str {
-    pipeline.source.tables.first().map_or("", String::as_str)
-}
-
 // ---------------- bronze ----------------
 
 async fn bronze_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<LayerReport> {
     const STAGE: &str = "bronze";
-    let location = &pipeline.bronze.table;
+    let location = &pipeline.bronze.layer.table;
     let mut table = open(STAGE, location).await?;
     let (store, root) = storage::open(&pipeline.landing.location)?;
-    let files = landing::list_files(&*store, &root, layer_table(pipeline)).await?;
+    let files = landing::list_files(&*store, &root, &pipeline.bronze.source_table).await?;
 
     // Per partition, the last Kafka offset already in bronze.
     let mut done: BTreeMap<i32, i64> = BTreeMap::new();
@@ -370,7 +365,7 @@ async fn commit_bronze(
     report: &mut LayerReport,
 ) -> Result<DeltaTable> {
     const STAGE: &str = "bronze";
-    let location = &pipeline.bronze.table;
+    let location = &pipeline.bronze.layer.table;
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     for f in files {
         let e = last.entry(f.partition).or_insert(f.last_offset);
@@ -394,7 +389,7 @@ async fn commit_bronze(
     let table = table
         .write(batches)
         .with_save_mode(SaveMode::Append)
-        .with_partition_columns(pipeline.bronze.partition_by.clone())
+        .with_partition_columns(pipeline.bronze.layer.partition_by.clone())
         .with_configuration([("delta.enableChangeDataFeed", Some("true"))])
         .with_commit_properties(commit_properties(txns))
         .await
@@ -452,7 +447,7 @@ async fn silver_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
     const STAGE: &str = "silver";
     let silver_location = &pipeline.silver.layer.table;
     let mut report = LayerReport::default();
-    let mut bronze = open(STAGE, &pipeline.bronze.table).await?;
+    let mut bronze = open(STAGE, &pipeline.bronze.layer.table).await?;
     let Some(bronze_latest) = bronze.version() else {
         return Ok(report);
     };
@@ -467,8 +462,15 @@ async fn silver_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
         bronze
             .update_state()
             .await
-            .map_err(delta_err(STAGE, &pipeline.bronze.table))?;
-        let input = read_changes(STAGE, &pipeline.bronze.table, bronze.clone(), next, end).await?;
+            .map_err(delta_err(STAGE, &pipeline.bronze.layer.table))?;
+        let input = read_changes(
+            STAGE,
+            &pipeline.bronze.layer.table,
+            bronze.clone(),
+            next,
+            end,
+        )
+        .await?;
         let rows: Vec<RecordBatch> = input.into_iter().map(|(b, _)| b).collect();
         let input = concat(STAGE, rows)?;
         report.rows_in += input.as_ref().map_or(0, RecordBatch::num_rows);
@@ -968,7 +970,7 @@ pub async fn query(pipeline: &Pipeline, sql: &str) -> Result<Vec<RecordBatch>> {
     const STAGE: &str = "query";
     let ctx = SessionContext::new();
     let mut tables: Vec<(String, &String)> = vec![
-        ("bronze".into(), &pipeline.bronze.table),
+        ("bronze".into(), &pipeline.bronze.layer.table),
         ("silver".into(), &pipeline.silver.layer.table),
     ];
     tables.extend(

@@ -122,7 +122,7 @@ pub fn table_folder(table: &str) -> String {
     table.to_owned()
 }
 
-/// Reads the CDC topics of the pipeline's tables and writes landing files.
+/// Reads the CDC topic of the table bronze serves and writes landing files.
 ///
 /// With `until_caught_up`, stops once every partition has been read up to the end it had when the
 /// pass started (a triggered run); otherwise runs until `stop` is set.
@@ -132,12 +132,7 @@ pub async fn run(
     stop: &CancellationToken,
 ) -> Result<LandingReport> {
     let (store, root) = storage::open(&pipeline.landing.location)?;
-    let topics: Vec<String> = pipeline
-        .source
-        .tables
-        .iter()
-        .map(|t| pipeline.topic_for(t))
-        .collect();
+    let topics = vec![pipeline.topic_for(&pipeline.bronze.source_table)];
     transport::ensure_topics(&pipeline.kafka, &topics).await?;
     let consumer = transport::group_consumer(&pipeline.kafka, "landing")?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -10,12 +10,15 @@
 //! snapshot reads and catalog queries use `tokio-postgres`.
 
 mod debezium;
+pub mod types;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use pg_walstream::{
     CancellationToken, EventType, LogicalReplicationStream, ReplicationError,
     ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig, SharedLsnFeedback, StreamingMode,
@@ -26,7 +29,7 @@ use tokio_postgres::NoTls;
 
 pub use debezium::{EventBuilder, TableSchema};
 
-use crate::config::{Pipeline, SnapshotMode};
+use crate::config::{Pipeline, PublicationAutocreateMode, SnapshotMode};
 use crate::storage::{self, StorageError};
 use crate::transport::{self, ChangeProducer, TransportError};
 
@@ -82,10 +85,11 @@ pub async fn run(
     let src = &pipeline.source;
     let client = connect(&src.connection).await?;
     check_preconditions(&client, pipeline).await?;
-    let schemas = load_schemas(&client, &src.tables).await?;
-    ensure_publication(&client, pipeline).await?;
+    let tables = resolve_tables(&client, src).await?;
+    let schemas = load_schemas(&client, &tables).await?;
+    ensure_publication(&client, pipeline, &tables).await?;
 
-    let topics: Vec<String> = src.tables.iter().map(|t| pipeline.topic_for(t)).collect();
+    let topics: Vec<String> = tables.iter().map(|t| pipeline.topic_for(t)).collect();
     transport::ensure_topics(&pipeline.kafka, &topics).await?;
     let producer = ChangeProducer::new(&pipeline.kafka)?;
 
@@ -95,24 +99,30 @@ pub async fn run(
         .join("source")
         .join(format!("{}.json", src.slot_name));
     let state: SlotState = match storage::get(&*state_store, &state_path).await? {
-        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SourceError::Replication {
+            slot: src.slot_name.clone(),
+            message: format!("weir's progress record {state_path} is unreadable ({e}); delete it to snapshot again"),
+        })?,
         None => SlotState::default(),
     };
-
-    let slot_exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&src.slot_name],
-        )
-        .await
-        .map_err(pg("looking up the replication slot"))?
-        .is_some();
+    let slot_exists = slot_exists(&client, &src.slot_name).await?;
+    let mut report = CaptureReport::default();
+    if src.snapshot_mode == SnapshotMode::InitialOnly && state.snapshot_completed {
+        tracing::info!(slot = %src.slot_name, "snapshot_mode = initial_only and the snapshot is done: nothing to capture");
+        return Ok(report);
+    }
     // A missing slot means changes since the last run are gone from the WAL's view: snapshot again.
-    let needs_snapshot =
-        src.snapshot_mode == SnapshotMode::Initial && (!state.snapshot_completed || !slot_exists);
+    let needs_snapshot = match src.snapshot_mode {
+        SnapshotMode::Initial | SnapshotMode::InitialOnly => {
+            !state.snapshot_completed || !slot_exists
+        }
+        SnapshotMode::Always => true,
+        SnapshotMode::Never => false,
+    };
     if slot_exists && needs_snapshot {
-        // A snapshot cut short leaves a slot whose exported snapshot is gone: start over.
-        tracing::warn!(slot = %src.slot_name, "previous initial snapshot did not complete; recreating the slot");
+        // A snapshot needs the slot's exported snapshot, which only its creation gives: recreate it.
+        // The new snapshot covers whatever the old slot had not delivered.
+        tracing::warn!(slot = %src.slot_name, mode = ?src.snapshot_mode, "recreating the slot for a new snapshot");
         drop_slot(&client, &src.slot_name).await?;
     }
 
@@ -131,8 +141,7 @@ pub async fn run(
         None
     };
 
-    let events = EventBuilder::new(pipeline, schemas);
-    let mut report = CaptureReport::default();
+    let events = EventBuilder::new(pipeline, &tables, schemas);
     let mut stream = open_stream(pipeline, needs_snapshot, stop_at).await?;
     stream
         .ensure_replication_slot()
@@ -161,6 +170,12 @@ pub async fn run(
         .unwrap_or_default();
         storage::put(&*state_store, &state_path, done).await?;
         tracing::info!(rows = report.snapshot_rows, lsn = %pg_walstream::format_lsn(consistent_lsn), "initial snapshot complete");
+        if src.snapshot_mode == SnapshotMode::InitialOnly {
+            // No streaming follows, so a slot left behind would only hold WAL back.
+            drop(stream);
+            drop_slot_when_released(&client, &src.slot_name).await?;
+            return Ok(report);
+        }
     } else if !state.snapshot_completed {
         // snapshot_mode = never: remember that no snapshot is owed for this slot.
         let done = serde_json::to_vec(&SlotState {
@@ -178,8 +193,13 @@ pub async fn run(
     let feedback = stream.shared_lsn_feedback.clone();
     let (ack_tx, ack_rx) = mpsc::channel::<PendingCommit>(1024);
     let acker = tokio::spawn(confirm_in_order(ack_rx, feedback.clone()));
+    let heartbeat = (!until_current && src.heartbeat_interval_ms > 0)
+        .then(|| tokio::spawn(heartbeats(pipeline.source.clone())));
     let streamed =
         stream_changes(&mut stream, &events, &producer, &ack_tx, stop, &mut report).await;
+    if let Some(task) = heartbeat {
+        task.abort();
+    }
     drop(ack_tx);
     let acked = acker.await.unwrap_or(Err(SourceError::Precondition(
         "the acknowledgement task panicked".into(),
@@ -196,10 +216,12 @@ pub async fn run(
     Ok(report)
 }
 
-/// Events of one transaction, and the position to confirm once Kafka has them all.
+type Delivery = futures::future::BoxFuture<'static, transport::Result<()>>;
+
+/// Events of one transaction still awaiting Kafka, and the position to confirm once all are in.
 struct PendingCommit {
     end_lsn: u64,
-    deliveries: Vec<futures::future::BoxFuture<'static, transport::Result<()>>>,
+    deliveries: FuturesUnordered<Delivery>,
 }
 
 /// Confirms commit positions strictly in order, each only after all its events are acknowledged.
@@ -208,8 +230,8 @@ async fn confirm_in_order(
     feedback: Arc<SharedLsnFeedback>,
 ) -> Result<u64> {
     let mut confirmed = 0;
-    while let Some(commit) = rx.recv().await {
-        for delivery in join_all(commit.deliveries).await {
+    while let Some(mut commit) = rx.recv().await {
+        while let Some(delivery) = commit.deliveries.next().await {
             delivery?;
         }
         feedback.update_flushed_lsn(commit.end_lsn);
@@ -218,6 +240,13 @@ async fn confirm_in_order(
     }
     Ok(confirmed)
 }
+
+/// The prefix of the logical messages weir's heartbeats write (`pg_logical_emit_message`).
+const HEARTBEAT_PREFIX: &str = "weir_heartbeat";
+
+/// Deliveries held per transaction before completed ones are collected: the transaction itself is
+/// never buffered, and memory stays bounded however large it is.
+const COLLECT_DELIVERIES_EVERY: usize = 10_000;
 
 /// Streams changes into Kafka. Returns the keepalive position a bounded stream stopped at, if any.
 async fn stream_changes(
@@ -230,7 +259,7 @@ async fn stream_changes(
 ) -> Result<Option<u64>> {
     let slot = events.slot_name().to_owned();
     let mut tx = debezium::TxContext::default();
-    let mut deliveries = Vec::new();
+    let mut deliveries = FuturesUnordered::new();
     loop {
         let event = match stream.next_event(stop).await {
             Ok(e) => e,
@@ -239,7 +268,7 @@ async fn stream_changes(
             Err(e) => return Err(replication_err(&slot, e)),
         };
         let lsn = event.lsn.value();
-        match event.event_type {
+        let records = match event.event_type {
             EventType::Begin {
                 transaction_id,
                 final_lsn,
@@ -250,6 +279,7 @@ async fn stream_changes(
                     commit_lsn: final_lsn.value(),
                     commit_ts_ms: commit_timestamp.timestamp_millis(),
                 };
+                continue;
             }
             EventType::Commit { end_lsn, .. } => {
                 report.transactions += 1;
@@ -260,70 +290,82 @@ async fn stream_changes(
                 if acks.send(pending).await.is_err() {
                     return Ok(None);
                 }
+                continue;
+            }
+            // A heartbeat outside any transaction: everything before it is either acknowledged
+            // or queued ahead of it, so the slot may move past WAL of tables weir does not capture.
+            EventType::Message {
+                prefix,
+                message_lsn,
+                ..
+            } if &*prefix == HEARTBEAT_PREFIX => {
+                let pending = PendingCommit {
+                    end_lsn: message_lsn.value(),
+                    deliveries: FuturesUnordered::new(),
+                };
+                if acks.send(pending).await.is_err() {
+                    return Ok(None);
+                }
+                continue;
             }
             EventType::Insert {
                 schema,
                 table,
                 data,
                 ..
-            } => {
-                let change = events.change(
-                    &schema,
-                    &table,
-                    debezium::Op::Create,
-                    None,
-                    Some(&data),
-                    lsn,
-                    &tx,
-                )?;
-                deliveries.extend(send_all(producer, change));
-                report.changes += 1;
-            }
+            } => events.change(
+                &schema,
+                &table,
+                debezium::Op::Create,
+                None,
+                Some(&data),
+                lsn,
+                &tx,
+            )?,
             EventType::Update {
                 schema,
                 table,
                 old_data,
                 new_data,
                 ..
-            } => {
-                let change = events.change(
-                    &schema,
-                    &table,
-                    debezium::Op::Update,
-                    old_data.as_ref(),
-                    Some(&new_data),
-                    lsn,
-                    &tx,
-                )?;
-                deliveries.extend(send_all(producer, change));
-                report.changes += 1;
-            }
+            } => events.change(
+                &schema,
+                &table,
+                debezium::Op::Update,
+                old_data.as_ref(),
+                Some(&new_data),
+                lsn,
+                &tx,
+            )?,
             EventType::Delete {
                 schema,
                 table,
                 old_data,
                 ..
-            } => {
-                let change = events.change(
-                    &schema,
-                    &table,
-                    debezium::Op::Delete,
-                    Some(&old_data),
-                    None,
-                    lsn,
-                    &tx,
-                )?;
-                deliveries.extend(send_all(producer, change));
-                report.changes += 1;
-            }
+            } => events.change(
+                &schema,
+                &table,
+                debezium::Op::Delete,
+                Some(&old_data),
+                None,
+                lsn,
+                &tx,
+            )?,
             EventType::Truncate { tables, .. } => {
+                let mut records = Vec::new();
                 for qualified in tables {
-                    let change = events.truncate(&qualified, lsn, &tx)?;
-                    deliveries.extend(send_all(producer, change));
-                    report.changes += 1;
+                    records.extend(events.truncate(&qualified, lsn, &tx)?);
                 }
+                records
             }
-            _ => {}
+            _ => continue,
+        };
+        report.changes += records.iter().filter(|r| r.value.is_some()).count() as u64;
+        deliveries.extend(send_all(producer, records));
+        if deliveries.len() >= COLLECT_DELIVERIES_EVERY {
+            while let Some(Some(delivery)) = deliveries.next().now_or_never() {
+                delivery?;
+            }
         }
     }
 }
@@ -331,11 +373,50 @@ async fn stream_changes(
 fn send_all(
     producer: &ChangeProducer,
     records: Vec<debezium::Record>,
-) -> impl Iterator<Item = futures::future::BoxFuture<'static, transport::Result<()>>> {
+) -> impl Iterator<Item = Delivery> {
     records.into_iter().map(|r| {
         let fut = producer.send(&r.topic, r.key.as_deref(), r.value.as_deref());
-        Box::pin(fut) as futures::future::BoxFuture<'static, transport::Result<()>>
+        Box::pin(fut) as Delivery
     })
+}
+
+/// Keeps the slot moving while captured tables are idle but the database is not: each heartbeat
+/// writes a logical message (or runs `heartbeat_action_query`), whose position the stream then
+/// confirms. Also reports how much WAL the slot holds back.
+async fn heartbeats(source: crate::config::SourceConfig) {
+    let interval = Duration::from_millis(source.heartbeat_interval_ms);
+    let client = match connect(&source.connection).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "heartbeats disabled: cannot connect");
+            return;
+        }
+    };
+    let emit = match &source.heartbeat_action_query {
+        Some(query) => query.clone(),
+        None => format!("SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', '')"),
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = client.batch_execute(&emit).await {
+            tracing::warn!(error = %e, query = %emit, "heartbeat failed");
+        }
+        match client
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&source.slot_name],
+            )
+            .await
+        {
+            Ok(Some(row)) => {
+                let lag: Option<i64> = row.get(0);
+                tracing::info!(slot = %source.slot_name, lag_bytes = lag.unwrap_or(0), "replication slot lag");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the slot's lag failed"),
+        }
+    }
 }
 
 fn replication_err(slot: &str, e: ReplicationError) -> SourceError {
@@ -383,7 +464,8 @@ async fn open_stream(
         src.publication_name.clone(),
         1,
         StreamingMode::Off,
-        Duration::from_millis(src.heartbeat_interval_ms.max(100)),
+        // How often the stream tells the server what Kafka has acknowledged.
+        Duration::from_secs(1),
         Duration::from_secs(30),
         Duration::from_secs(60),
         RetryConfig::default(),
@@ -396,6 +478,8 @@ async fn open_stream(
     if let Some(lsn) = stop_at {
         config = config.with_stop_at_lsn(lsn);
     }
+    // Logical messages carry weir's heartbeats.
+    config = config.with_messages(true);
     LogicalReplicationStream::new(&replication_url(&src.connection), config)
         .await
         .map_err(|e| replication_err(&src.slot_name, e))
@@ -496,32 +580,130 @@ async fn load_schemas(
     Ok(out)
 }
 
-async fn ensure_publication(client: &tokio_postgres::Client, pipeline: &Pipeline) -> Result<()> {
-    let name = &pipeline.source.publication_name;
+/// The `schema.table` names of ordinary and partitioned tables matching the include list and not
+/// the exclude list (regular expressions over whole names, as Debezium matches them).
+async fn resolve_tables(
+    client: &tokio_postgres::Client,
+    src: &crate::config::SourceConfig,
+) -> Result<Vec<String>> {
+    let compile = |patterns: &[String]| -> Result<Vec<regex::Regex>> {
+        patterns
+            .iter()
+            .map(|p| {
+                regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| SourceError::Precondition(format!("table pattern `{p}`: {e}")))
+            })
+            .collect()
+    };
+    let (include, exclude) = (
+        compile(&src.table_include_list)?,
+        compile(&src.table_exclude_list)?,
+    );
+    let rows = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(pg("listing tables"))?;
+    let tables: Vec<String> = rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|t| include.iter().any(|p| p.is_match(t)) && !exclude.iter().any(|p| p.is_match(t)))
+        .collect();
+    if tables.is_empty() {
+        return Err(SourceError::Precondition(format!(
+            "no table matches source.table_include_list {:?} (minus source.table_exclude_list {:?})",
+            src.table_include_list, src.table_exclude_list
+        )));
+    }
+    Ok(tables)
+}
+
+/// Creates or updates the publication as `publication_autocreate_mode` says.
+async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    pipeline: &Pipeline,
+    tables: &[String],
+) -> Result<()> {
+    let src = &pipeline.source;
+    let name = &src.publication_name;
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
         .await
         .map_err(pg("looking up the publication"))?
         .is_some();
-    if !exists {
-        let tables: Vec<String> = pipeline
-            .source
-            .tables
-            .iter()
-            .map(|t| quote_qualified(t))
-            .collect();
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            quote_ident(name),
-            tables.join(", ")
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(pg(format!("creating publication {name}")))?;
-        tracing::info!(publication = %name, tables = ?pipeline.source.tables, "created publication");
-    }
+    let table_list = tables
+        .iter()
+        .map(|t| quote_qualified(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = match (src.publication_autocreate_mode, exists) {
+        (PublicationAutocreateMode::Disabled, true)
+        | (PublicationAutocreateMode::AllTables, true) => return Ok(()),
+        (PublicationAutocreateMode::Disabled, false) => {
+            return Err(SourceError::Precondition(format!(
+                "publication {name} does not exist and source.publication_autocreate_mode is `disabled`: \
+                 create it (CREATE PUBLICATION {name} FOR TABLE …) or choose `filtered`"
+            )));
+        }
+        (PublicationAutocreateMode::AllTables, false) => {
+            format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(name))
+        }
+        (PublicationAutocreateMode::Filtered, false) => {
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {table_list}",
+                quote_ident(name)
+            )
+        }
+        (PublicationAutocreateMode::Filtered, true) => {
+            format!(
+                "ALTER PUBLICATION {} SET TABLE {table_list}",
+                quote_ident(name)
+            )
+        }
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(pg(format!("running `{sql}`")))?;
+    tracing::info!(publication = %name, mode = ?src.publication_autocreate_mode, ?tables, "publication ready");
     Ok(())
+}
+
+async fn slot_exists(client: &tokio_postgres::Client, slot: &str) -> Result<bool> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(pg("looking up the replication slot"))?
+        .is_some())
+}
+
+/// Drops a slot once the walsender that used it has let go of it.
+async fn drop_slot_when_released(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    for _ in 0..100 {
+        let active: Option<bool> = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(pg("looking up the replication slot"))?
+            .map(|r| r.get(0));
+        match active {
+            None => return Ok(()),
+            Some(false) => return drop_slot(client, slot).await,
+            Some(true) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    drop_slot(client, slot).await
 }
 
 async fn slot_confirmed_lsn(client: &tokio_postgres::Client, slot: &str) -> Result<u64> {

@@ -60,19 +60,27 @@ fn kafka_err(
     }
 }
 
-/// Creates the topics that do not exist yet, with the configured partitions and replication.
+/// Creates the topics that do not exist yet, with the `[kafka.topic_creation]` settings.
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[String]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(kafka)
         .create()
         .map_err(kafka_err(kafka, "creating admin client"))?;
+    let settings = &kafka.topic_creation;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(
+            let mut topic = NewTopic::new(
                 t,
-                kafka.partitions,
-                TopicReplication::Fixed(kafka.replication_factor),
-            )
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            );
+            if let Some(policy) = &settings.cleanup_policy {
+                topic = topic.set("cleanup.policy", policy);
+            }
+            if let Some(compression) = &settings.compression_type {
+                topic = topic.set("compression.type", compression);
+            }
+            topic
         })
         .collect();
     let results = admin
@@ -84,7 +92,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[String]) -> Result<()>
         .map_err(kafka_err(kafka, "creating topics"))?;
     for result in results {
         match result {
-            Ok(topic) => tracing::info!(topic, partitions = kafka.partitions, "created topic"),
+            Ok(topic) => tracing::info!(topic, partitions = settings.partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(TransportError::CreateTopic {

@@ -186,7 +186,8 @@ name = "{name}"
 connection = "{url}"
 slot_name = "{name}"
 publication_name = "{name}"
-tables = ["public.onlineshop"]
+publication_autocreate_mode = "filtered"
+table_include_list = ["public\\.onlineshop"]
 decimal_handling_mode = "string"
 
 [kafka]
@@ -197,6 +198,7 @@ topic_prefix = "{name}"
 location = "{lake}/landing-zone"
 
 [bronze]
+source_table = "public.onlineshop"
 component = "{guests}/bronze_cleanup.wasm"
 table = "{lake}/bronze/onlineshop"
 

@@ -12,7 +12,7 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use pg_walstream::RowData;
 use serde_json::{Map, Value, json};
 
-use super::{Result, SourceError, quote_ident};
+use super::{Result, quote_ident};
 use crate::config::{DecimalHandlingMode, Pipeline};
 
 /// The placeholder Debezium writes for an unchanged TOAST value it cannot see.
@@ -113,13 +113,13 @@ pub struct EventBuilder {
 }
 
 impl EventBuilder {
-    pub fn new(pipeline: &Pipeline, mut schemas: HashMap<String, TableSchema>) -> Self {
-        let tables: Vec<TableSchema> = pipeline
-            .source
-            .tables
-            .iter()
-            .filter_map(|t| schemas.remove(t))
-            .collect();
+    /// Events for `captured` tables (in that order), whose columns are in `schemas`.
+    pub fn new(
+        pipeline: &Pipeline,
+        captured: &[String],
+        mut schemas: HashMap<String, TableSchema>,
+    ) -> Self {
+        let tables: Vec<TableSchema> = captured.iter().filter_map(|t| schemas.remove(t)).collect();
         let by_name = tables
             .iter()
             .enumerate()
@@ -136,7 +136,7 @@ impl EventBuilder {
             db,
             slot_name: pipeline.source.slot_name.clone(),
             decimal_mode: pipeline.source.decimal_handling_mode,
-            tombstones_on_delete: true,
+            tombstones_on_delete: pipeline.source.tombstones_on_delete,
         }
     }
 
@@ -148,12 +148,12 @@ impl EventBuilder {
         &self.slot_name
     }
 
-    fn table(&self, schema: &str, table: &str) -> Result<&TableSchema> {
-        let name = format!("{schema}.{table}");
-        self.by_name.get(&name).map(|&i| &self.tables[i]).ok_or_else(|| SourceError::Table {
-            table: name,
-            message: "received a change for a table that is not in `source.tables` (is the publication shared?)".into(),
-        })
+    /// The captured table, or `None` for one the publication carries but weir does not capture
+    /// (a publication `FOR ALL TABLES`, or a table excluded by the lists): its changes are skipped.
+    fn table(&self, schema: &str, table: &str) -> Option<&TableSchema> {
+        self.by_name
+            .get(&format!("{schema}.{table}"))
+            .map(|&i| &self.tables[i])
     }
 
     fn topic(&self, table: &TableSchema) -> String {
@@ -199,7 +199,9 @@ impl EventBuilder {
         lsn: u64,
         tx: &TxContext,
     ) -> Result<Vec<Record>> {
-        let t = self.table(schema, table)?;
+        let Some(t) = self.table(schema, table) else {
+            return Ok(Vec::new());
+        };
         let before_image = before.map(|r| self.image(t, r, false)).transpose()?;
         let after_image = after.map(|r| self.image(t, r, true)).transpose()?;
         let key_source = after_image.as_ref().or(before_image.as_ref());
@@ -233,7 +235,9 @@ impl EventBuilder {
     /// A truncate of `schema.table`: Debezium's `op: t` event, without key or images.
     pub fn truncate(&self, qualified: &str, lsn: u64, tx: &TxContext) -> Result<Vec<Record>> {
         let (schema, table) = qualified.split_once('.').unwrap_or(("public", qualified));
-        let t = self.table(schema, table)?;
+        let Some(t) = self.table(schema, table) else {
+            return Ok(Vec::new());
+        };
         let event = json!({
             "before": null,
             "after": null,
@@ -329,7 +333,8 @@ pub fn convert(type_oid: u32, text: &str, decimal_mode: DecimalHandlingMode) -> 
             _ => as_text(),
         },
         1700 => match decimal_mode {
-            DecimalHandlingMode::String => as_text(),
+            // Precise becomes Connect's Decimal once the type mappings land; until then, exact text.
+            DecimalHandlingMode::String | DecimalHandlingMode::Precise => as_text(),
             DecimalHandlingMode::Double => match text.parse::<f64>() {
                 Ok(f) if f.is_finite() => Value::from(f),
                 _ => as_text(),

@@ -35,11 +35,8 @@ use crate::transport::{self, ChangeProducer, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("postgres {context}: {source}")]
-    Postgres {
-        context: String,
-        source: tokio_postgres::Error,
-    },
+    #[error("postgres {context}: {message}")]
+    Postgres { context: String, message: String },
     #[error("replication slot {slot}: {message}")]
     Replication { slot: String, message: String },
     #[error("postgres: {0}")]
@@ -56,7 +53,27 @@ pub type Result<T, E = SourceError> = std::result::Result<T, E>;
 
 fn pg(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SourceError {
     let context = context.into();
-    move |source| SourceError::Postgres { context, source }
+    move |e| SourceError::Postgres {
+        context,
+        message: describe_pg_error(&e),
+    }
+}
+
+/// The server's own words (message, detail, hint), which `tokio_postgres::Error`'s Display omits.
+fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut out = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                out.push_str(&format!(" ({detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                out.push_str(&format!(" hint: {hint}"));
+            }
+            out
+        }
+        None => e.to_string(),
+    }
 }
 
 /// What one capture pass did.
@@ -741,7 +758,7 @@ async fn advance_slot(client: &tokio_postgres::Client, slot: &str, lsn: u64) -> 
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e) if e.to_string().contains("is active for PID") => {
+            Err(e) if describe_pg_error(&e).contains("is active for PID") => {
                 last_err = Some(e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

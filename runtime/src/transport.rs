@@ -190,7 +190,9 @@ pub fn group_consumer(kafka: &KafkaConfig, group_suffix: &str) -> Result<StreamC
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Short fetch waits keep an idle check from mistaking a slow fetch for the end of a partition.
+        .set("fetch.wait.max.ms", "100");
     config
         .create()
         .map_err(kafka_err(kafka, "creating consumer"))

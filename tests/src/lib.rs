@@ -175,6 +175,14 @@ impl TestPipeline {
 
     /// Writes this test's pipeline file (the onlineshop pipeline, renamed) and parses it.
     pub fn pipeline(&self) -> Result<weir::config::Pipeline> {
+        self.pipeline_with(|text| text)
+    }
+
+    /// Like [`Self::pipeline`], with `edit` applied to the file's text first.
+    pub fn pipeline_with(
+        &self,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<weir::config::Pipeline> {
         let guests = repo_root().join("guest-examples/target/wasm32-wasip2/release");
         let lake = self.dir.path().join("lakehouse");
         let text = format!(
@@ -221,9 +229,80 @@ count_column = "order_lines"
             guests = guests.display(),
         );
         let path = self.pipeline_path();
-        std::fs::write(&path, text)?;
+        std::fs::write(&path, edit(text))?;
         Ok(weir::config::Pipeline::load(&path)?)
     }
+}
+
+/// One record of a change topic: its key and value as JSON (`None` for a tombstone's value).
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    pub key: Option<serde_json::Value>,
+    pub value: Option<serde_json::Value>,
+}
+
+/// Every record of `topic` (all partitions, in offset order per partition), read to its current end.
+pub fn read_topic(kafka: &str, topic: &str) -> Result<Vec<TopicRecord>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set(
+            "group.id",
+            format!("weir-tests-reader-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    let timeout = std::time::Duration::from_secs(30);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut out = Vec::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        // tansu 0.6 reports the last batch's base offset as the high watermark, so past it, read
+        // on until the partition has nothing more to give.
+        if high <= low {
+            continue;
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        consumer.assign(&assignment)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut next = low;
+        let mut idle_polls = 0;
+        loop {
+            if std::time::Instant::now() > deadline {
+                bail!("reading {topic}/{partition}: stuck at offset {next} of {high}");
+            }
+            let Some(message) = consumer.poll(std::time::Duration::from_millis(500)) else {
+                idle_polls += 1;
+                if next >= high && idle_polls >= 2 {
+                    break;
+                }
+                continue;
+            };
+            idle_polls = 0;
+            let message = message?;
+            let json = |bytes: Option<&[u8]>| -> Result<Option<serde_json::Value>> {
+                Ok(match bytes {
+                    Some(b) => Some(serde_json::from_slice(b)?),
+                    None => None,
+                })
+            };
+            out.push(TopicRecord {
+                key: json(message.key())?,
+                value: json(message.payload())?,
+            });
+            next = message.offset() + 1;
+        }
+    }
+    Ok(out)
 }
 
 /// Rows as text, for comparing tables across systems.

@@ -556,11 +556,17 @@ async fn load_schemas(
         let (schema, table) = qualified.split_once('.').unwrap_or(("public", qualified));
         let rows = client
             .query(
-                "SELECT a.attname, a.atttypid::int8, format_type(a.atttypid, a.atttypmod),
-                        coalesce(a.attnum = ANY(i.indkey), false), c.relreplident::text
+                // Domains are described by their base type, arrays also by their element type.
+                "SELECT a.attname, coalesce(a.attnum = ANY(i.indkey), false), c.relreplident::text,
+                        bt.oid::int8, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+                        format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END),
+                        bt.typcategory::text, et.oid::int8, format_type(et.oid, NULL), et.typcategory::text
                  FROM pg_class c
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                 JOIN pg_type t ON t.oid = a.atttypid
+                 JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+                 LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
                  LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
                  WHERE n.nspname = $1 AND c.relname = $2
                  ORDER BY a.attnum",
@@ -576,14 +582,32 @@ async fn load_schemas(
         }
         let columns: Vec<debezium::Column> = rows
             .iter()
-            .map(|r| debezium::Column {
-                name: r.get(0),
-                type_oid: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                type_name: r.get(2),
-                is_key: r.get(3),
+            .map(|r| {
+                let category = |i: usize| r.get::<_, String>(i).chars().next().unwrap_or('U');
+                let oid = |i: usize| u32::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+                let element = r.get::<_, Option<i64>>(7).map(|_| {
+                    Box::new(types::ColumnType {
+                        oid: oid(7),
+                        typmod: -1,
+                        name: r.get(8),
+                        category: category(9),
+                        element: None,
+                    })
+                });
+                debezium::Column {
+                    name: r.get(0),
+                    is_key: r.get(1),
+                    ty: types::ColumnType {
+                        oid: oid(3),
+                        typmod: r.get(4),
+                        name: r.get(5),
+                        category: category(6),
+                        element,
+                    },
+                }
             })
             .collect();
-        let identity: String = rows[0].get(4);
+        let identity: String = rows[0].get(2);
         if !columns.iter().any(|c| c.is_key) && identity == "d" {
             return Err(SourceError::Table {
                 table: qualified.clone(),
@@ -783,7 +807,9 @@ async fn snapshot_tables(
     let client = connect(connection).await?;
     client
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            // The text formats the type mappings read, as the walsender writes them by default.
+            "SET DateStyle = ISO; SET IntervalStyle = postgres; SET bytea_output = hex;
+             BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
             quote_literal(snapshot)
         ))
         .await

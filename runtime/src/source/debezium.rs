@@ -1,19 +1,18 @@
 //! Debezium's PostgreSQL change event envelope (JSON converter, schemas disabled).
 //!
-//! Values follow Debezium's default mappings: integers and floats as numbers, `date` as days since
-//! the epoch, `timestamp` as microseconds since the epoch, `timestamptz` as an ISO-8601 string in
-//! UTC, `time` as microseconds since midnight, `numeric` per `decimal.handling.mode`, everything else
-//! as its PostgreSQL text form. Unchanged TOAST values become `__debezium_unavailable_value`.
+//! Values follow Debezium's mappings (see [`super::types`]) under the pipeline's
+//! `decimal_handling_mode`, `time_precision_mode` and `binary_handling_mode`. Unchanged TOAST
+//! values become `__debezium_unavailable_value`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use pg_walstream::RowData;
 use serde_json::{Map, Value, json};
 
+use super::types::{self, ColumnType, TypeOptions};
 use super::{Result, quote_ident};
-use crate::config::{DecimalHandlingMode, Pipeline};
+use crate::config::Pipeline;
 
 /// The placeholder Debezium writes for an unchanged TOAST value it cannot see.
 pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
@@ -23,8 +22,7 @@ const VERSION: &str = concat!("weir-", env!("CARGO_PKG_VERSION"));
 #[derive(Debug, Clone)]
 pub struct Column {
     pub name: String,
-    pub type_oid: u32,
-    pub type_name: String,
+    pub ty: ColumnType,
     pub is_key: bool,
 }
 
@@ -108,7 +106,7 @@ pub struct EventBuilder {
     topic_prefix: String,
     db: String,
     slot_name: String,
-    decimal_mode: DecimalHandlingMode,
+    type_options: TypeOptions,
     tombstones_on_delete: bool,
 }
 
@@ -135,7 +133,11 @@ impl EventBuilder {
             topic_prefix: pipeline.kafka.topic_prefix.clone(),
             db,
             slot_name: pipeline.source.slot_name.clone(),
-            decimal_mode: pipeline.source.decimal_handling_mode,
+            type_options: TypeOptions {
+                decimal: pipeline.source.decimal_handling_mode,
+                time_precision: pipeline.source.time_precision_mode,
+                binary: pipeline.source.binary_handling_mode,
+            },
             tombstones_on_delete: pipeline.source.tombstones_on_delete,
         }
     }
@@ -314,128 +316,7 @@ impl EventBuilder {
     fn value(&self, column: &Column, text: Option<&str>) -> Value {
         match text {
             None => Value::Null,
-            Some(text) => convert(column.type_oid, text, self.decimal_mode),
+            Some(text) => types::value(&column.ty, text, &self.type_options),
         }
-    }
-}
-
-/// PostgreSQL text output → Debezium's JSON value for the type.
-pub fn convert(type_oid: u32, text: &str, decimal_mode: DecimalHandlingMode) -> Value {
-    let as_text = || Value::String(text.to_owned());
-    match type_oid {
-        16 => Value::Bool(text == "t"),
-        20 | 21 | 23 | 26 => text
-            .parse::<i64>()
-            .map(Value::from)
-            .unwrap_or_else(|_| as_text()),
-        700 | 701 => match text.parse::<f64>() {
-            Ok(f) if f.is_finite() => Value::from(f),
-            _ => as_text(),
-        },
-        1700 => match decimal_mode {
-            // Precise becomes Connect's Decimal once the type mappings land; until then, exact text.
-            DecimalHandlingMode::String | DecimalHandlingMode::Precise => as_text(),
-            DecimalHandlingMode::Double => match text.parse::<f64>() {
-                Ok(f) if f.is_finite() => Value::from(f),
-                _ => as_text(),
-            },
-        },
-        // date: io.debezium.time.Date, days since the epoch.
-        1082 => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| NaiveDate::from_ymd_opt(1970, 1, 1).map(|epoch| (d - epoch).num_days()))
-            .map(Value::from)
-            .unwrap_or_else(as_text),
-        // time: io.debezium.time.MicroTime.
-        1083 => NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
-            .ok()
-            .map(|t| Value::from((t - NaiveTime::MIN).num_microseconds().unwrap_or(0)))
-            .unwrap_or_else(as_text),
-        // timestamp: io.debezium.time.MicroTimestamp.
-        1114 => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-            .ok()
-            .map(|t| Value::from(t.and_utc().timestamp_micros()))
-            .unwrap_or_else(as_text),
-        // timestamptz: io.debezium.time.ZonedTimestamp, ISO-8601 in UTC.
-        1184 => parse_timestamptz(text)
-            .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
-            .unwrap_or_else(as_text),
-        _ => as_text(),
-    }
-}
-
-fn parse_timestamptz(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    // PostgreSQL prints offsets as `+00`, `+05:30` or `-03`; chrono wants minutes too.
-    let (head, sign_pos) = match text.rfind(['+', '-']) {
-        Some(p) if p > 10 => (&text[..p], p),
-        _ => return None,
-    };
-    let offset = &text[sign_pos..];
-    let offset = if offset.len() == 3 {
-        format!("{offset}:00")
-    } else {
-        offset.to_owned()
-    };
-    chrono::DateTime::parse_from_str(&format!("{head}{offset}"), "%Y-%m-%d %H:%M:%S%.f%:z")
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_days_since_epoch_as_debezium_encodes_them() {
-        assert_eq!(
-            convert(1082, "2019-12-09", DecimalHandlingMode::String),
-            json!(18239)
-        );
-        assert_eq!(
-            convert(1082, "1970-01-01", DecimalHandlingMode::String),
-            json!(0)
-        );
-    }
-
-    #[test]
-    fn numeric_follows_decimal_handling_mode() {
-        assert_eq!(
-            convert(1700, "21.47", DecimalHandlingMode::String),
-            json!("21.47")
-        );
-        assert_eq!(
-            convert(1700, "21.47", DecimalHandlingMode::Double),
-            json!(21.47)
-        );
-        assert_eq!(
-            convert(1700, "NaN", DecimalHandlingMode::Double),
-            json!("NaN")
-        );
-    }
-
-    #[test]
-    fn timestamps_follow_debezium_time_types() {
-        assert_eq!(
-            convert(1114, "1970-01-01 00:00:01.5", DecimalHandlingMode::String),
-            json!(1_500_000)
-        );
-        assert_eq!(
-            convert(1184, "2019-12-09 10:00:00+02", DecimalHandlingMode::String),
-            json!("2019-12-09T08:00:00Z")
-        );
-        assert_eq!(
-            convert(1083, "00:00:02", DecimalHandlingMode::String),
-            json!(2_000_000)
-        );
-    }
-
-    #[test]
-    fn integers_booleans_and_text_keep_their_json_types() {
-        assert_eq!(convert(23, "-12", DecimalHandlingMode::String), json!(-12));
-        assert_eq!(convert(16, "t", DecimalHandlingMode::String), json!(true));
-        assert_eq!(
-            convert(25, "85123A", DecimalHandlingMode::String),
-            json!("85123A")
-        );
     }
 }

@@ -62,6 +62,10 @@ pub struct SourceConfig {
     pub table_include_list: Vec<String>,
     pub table_exclude_list: Vec<String>,
     pub snapshot_mode: SnapshotMode,
+    /// Rows per snapshot chunk (`snapshot.fetch.size`); progress is recorded after each.
+    pub snapshot_fetch_size: usize,
+    /// Tables read at once (`snapshot.max.threads`).
+    pub snapshot_max_threads: usize,
     pub decimal_handling_mode: DecimalHandlingMode,
     pub time_precision_mode: TimePrecisionMode,
     pub binary_handling_mode: BinaryHandlingMode,
@@ -245,6 +249,10 @@ struct RawSource {
     table_exclude_list: Option<Spanned<Vec<String>>>,
     #[serde(default = "default_snapshot_mode")]
     snapshot_mode: SnapshotMode,
+    #[serde(default = "default_snapshot_fetch_size")]
+    snapshot_fetch_size: usize,
+    #[serde(default = "default_snapshot_max_threads")]
+    snapshot_max_threads: usize,
     #[serde(default = "default_decimal_mode")]
     decimal_handling_mode: DecimalHandlingMode,
     #[serde(default = "default_time_precision_mode")]
@@ -264,6 +272,12 @@ fn default_autocreate_mode() -> PublicationAutocreateMode {
 }
 fn default_snapshot_mode() -> SnapshotMode {
     SnapshotMode::Initial
+}
+fn default_snapshot_fetch_size() -> usize {
+    10_240
+}
+fn default_snapshot_max_threads() -> usize {
+    1
 }
 fn default_decimal_mode() -> DecimalHandlingMode {
     DecimalHandlingMode::Precise
@@ -509,6 +523,8 @@ impl Pipeline {
                 table_include_list,
                 table_exclude_list,
                 snapshot_mode: raw.source.snapshot_mode,
+                snapshot_fetch_size: raw.source.snapshot_fetch_size.max(1),
+                snapshot_max_threads: raw.source.snapshot_max_threads.max(1),
                 decimal_handling_mode: raw.source.decimal_handling_mode,
                 time_precision_mode: raw.source.time_precision_mode,
                 binary_handling_mode: raw.source.binary_handling_mode,

@@ -10,13 +10,13 @@
 //! snapshot reads and catalog queries use `tokio-postgres`.
 
 mod debezium;
+mod snapshot;
 pub mod types;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use pg_walstream::{
@@ -90,6 +90,9 @@ pub struct CaptureReport {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SlotState {
     snapshot_completed: bool,
+    /// Set while a snapshot is under way, so a crash resumes it instead of starting over.
+    #[serde(default)]
+    snapshot: Option<snapshot::SnapshotProgress>,
 }
 
 /// Runs capture. With `until_current`, stops once everything committed before the call has been
@@ -128,15 +131,22 @@ pub async fn run(
         tracing::info!(slot = %src.slot_name, "snapshot_mode = initial_only and the snapshot is done: nothing to capture");
         return Ok(report);
     }
+    let initial = matches!(
+        src.snapshot_mode,
+        SnapshotMode::Initial | SnapshotMode::InitialOnly
+    );
+    // A snapshot cut short resumes on its slot, which has not moved since the consistent point.
+    let resume = initial && slot_exists && !state.snapshot_completed && state.snapshot.is_some();
     // A missing slot means changes since the last run are gone from the WAL's view: snapshot again.
-    let needs_snapshot = match src.snapshot_mode {
-        SnapshotMode::Initial | SnapshotMode::InitialOnly => {
-            !state.snapshot_completed || !slot_exists
-        }
-        SnapshotMode::Always => true,
-        SnapshotMode::Never => false,
-    };
-    if slot_exists && needs_snapshot {
+    let fresh_snapshot = !resume
+        && match src.snapshot_mode {
+            SnapshotMode::Initial | SnapshotMode::InitialOnly => {
+                !state.snapshot_completed || !slot_exists
+            }
+            SnapshotMode::Always => true,
+            SnapshotMode::Never => false,
+        };
+    if slot_exists && fresh_snapshot {
         // A snapshot needs the slot's exported snapshot, which only its creation gives: recreate it.
         // The new snapshot covers whatever the old slot had not delivered.
         tracing::warn!(slot = %src.slot_name, mode = ?src.snapshot_mode, "recreating the slot for a new snapshot");
@@ -159,33 +169,67 @@ pub async fn run(
     };
 
     let events = EventBuilder::new(pipeline, &tables, schemas);
-    let mut stream = open_stream(pipeline, needs_snapshot, stop_at).await?;
+    let mut stream = open_stream(pipeline, fresh_snapshot, stop_at).await?;
     stream
         .ensure_replication_slot()
         .await
         .map_err(|e| replication_err(&src.slot_name, e))?;
-    if needs_snapshot {
-        let snapshot = stream
-            .exported_snapshot_name()
-            .map(str::to_owned)
-            .ok_or_else(|| SourceError::Replication {
-                slot: src.slot_name.clone(),
-                message: "the slot was created without an exported snapshot".into(),
-            })?;
-        let consistent_lsn = slot_confirmed_lsn(&client, &src.slot_name).await?;
-        report.snapshot_rows = snapshot_tables(
-            &src.connection,
-            &snapshot,
-            consistent_lsn,
-            &events,
-            &producer,
-        )
-        .await?;
-        let done = serde_json::to_vec(&SlotState {
-            snapshot_completed: true,
+    let save = |state: SlotState| {
+        let (store, path) = (state_store.clone(), state_path.clone());
+        async move {
+            let bytes = serde_json::to_vec(&state).unwrap_or_default();
+            storage::put(&*store, &path, bytes)
+                .await
+                .map_err(SourceError::from)
+        }
+    };
+    if fresh_snapshot || resume {
+        let exported = if fresh_snapshot {
+            Some(
+                stream
+                    .exported_snapshot_name()
+                    .map(str::to_owned)
+                    .ok_or_else(|| SourceError::Replication {
+                        slot: src.slot_name.clone(),
+                        message: "the slot was created without an exported snapshot".into(),
+                    })?,
+            )
+        } else {
+            None
+        };
+        let progress = if resume {
+            state.snapshot.unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        // Recorded before the first row, so a crash from here on resumes rather than restarts.
+        save(SlotState {
+            snapshot_completed: false,
+            snapshot: Some(progress.clone()),
         })
-        .unwrap_or_default();
-        storage::put(&*state_store, &state_path, done).await?;
+        .await?;
+        let consistent_lsn = slot_confirmed_lsn(&client, &src.slot_name).await?;
+        let plan = snapshot::Snapshot {
+            connection: &src.connection,
+            exported,
+            lsn: consistent_lsn,
+            events: &events,
+            producer: &producer,
+            chunk_rows: src.snapshot_fetch_size,
+            threads: src.snapshot_max_threads,
+        };
+        report.snapshot_rows = snapshot::run(plan, progress, |progress| {
+            save(SlotState {
+                snapshot_completed: false,
+                snapshot: Some(progress),
+            })
+        })
+        .await?;
+        save(SlotState {
+            snapshot_completed: true,
+            snapshot: None,
+        })
+        .await?;
         tracing::info!(rows = report.snapshot_rows, lsn = %pg_walstream::format_lsn(consistent_lsn), "initial snapshot complete");
         if src.snapshot_mode == SnapshotMode::InitialOnly {
             // No streaming follows, so a slot left behind would only hold WAL back.
@@ -195,11 +239,11 @@ pub async fn run(
         }
     } else if !state.snapshot_completed {
         // snapshot_mode = never: remember that no snapshot is owed for this slot.
-        let done = serde_json::to_vec(&SlotState {
+        save(SlotState {
             snapshot_completed: true,
+            snapshot: None,
         })
-        .unwrap_or_default();
-        storage::put(&*state_store, &state_path, done).await?;
+        .await?;
     }
 
     stream
@@ -795,98 +839,6 @@ async fn advance_slot(client: &tokio_postgres::Client, slot: &str, lsn: u64) -> 
     }
 }
 
-/// Reads every table inside the exported snapshot and sends `op: r` events; returns the row count.
-async fn snapshot_tables(
-    connection: &str,
-    snapshot: &str,
-    consistent_lsn: u64,
-    events: &EventBuilder,
-    producer: &ChangeProducer,
-) -> Result<u64> {
-    const FETCH: usize = 5_000;
-    let client = connect(connection).await?;
-    client
-        .batch_execute(&format!(
-            // The text formats the type mappings read, as the walsender writes them by default.
-            "SET DateStyle = ISO; SET IntervalStyle = postgres; SET bytea_output = hex;
-             BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(snapshot)
-        ))
-        .await
-        .map_err(pg("importing the slot's exported snapshot"))?;
-    let snapshot_ts_ms = chrono::Utc::now().timestamp_millis();
-    let mut total = 0u64;
-    let tables = events.tables();
-    for (t_index, table) in tables.iter().enumerate() {
-        let columns = table.column_list();
-        client
-            .batch_execute(&format!(
-                "DECLARE weir_snapshot NO SCROLL CURSOR FOR SELECT {columns} FROM {}",
-                table.quoted()
-            ))
-            .await
-            .map_err(pg(format!("reading {}", table.qualified())))?;
-        let mut pending: Vec<futures::future::BoxFuture<'static, transport::Result<()>>> =
-            Vec::new();
-        let mut rows_in_table = 0u64;
-        let mut buffered: Option<Vec<Option<String>>> = None;
-        loop {
-            let messages = client
-                .simple_query(&format!("FETCH {FETCH} FROM weir_snapshot"))
-                .await
-                .map_err(pg(format!("reading {}", table.qualified())))?;
-            let mut fetched = 0;
-            for m in messages {
-                if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
-                    fetched += 1;
-                    let values: Vec<Option<String>> = (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect();
-                    // Hold one row back so the very last snapshot event can be marked `last`.
-                    if let Some(prev) = buffered.replace(values) {
-                        let records = events.snapshot_row(
-                            table,
-                            &prev,
-                            consistent_lsn,
-                            snapshot_ts_ms,
-                            false,
-                        )?;
-                        pending.extend(send_all(producer, records));
-                        rows_in_table += 1;
-                    }
-                }
-            }
-            // Bound memory: wait for acknowledgements every fetch.
-            for r in join_all(std::mem::take(&mut pending)).await {
-                r?;
-            }
-            if fetched < FETCH {
-                break;
-            }
-        }
-        if let Some(last) = buffered.take() {
-            let is_last = t_index + 1 == tables.len();
-            let records =
-                events.snapshot_row(table, &last, consistent_lsn, snapshot_ts_ms, is_last)?;
-            for r in join_all(send_all(producer, records)).await {
-                r?;
-            }
-            rows_in_table += 1;
-        }
-        client
-            .batch_execute("CLOSE weir_snapshot")
-            .await
-            .map_err(pg("closing snapshot cursor"))?;
-        tracing::info!(table = %table.qualified(), rows = rows_in_table, "snapshot of table done");
-        total += rows_in_table;
-    }
-    client
-        .batch_execute("COMMIT")
-        .await
-        .map_err(pg("ending the snapshot transaction"))?;
-    Ok(total)
-}
-
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -898,6 +850,6 @@ fn quote_qualified(qualified: &str) -> String {
     }
 }
 
-fn quote_literal(value: &str) -> String {
+pub(crate) fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }

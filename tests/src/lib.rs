@@ -271,7 +271,7 @@ pub fn read_topic(kafka: &str, topic: &str) -> Result<Vec<TopicRecord>> {
             continue;
         }
         let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         consumer.assign(&assignment)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         let mut next = low;

@@ -638,17 +638,17 @@ async fn load_schemas(
                         element: None,
                     })
                 });
-                debezium::Column {
-                    name: r.get(0),
-                    is_key: r.get(1),
-                    ty: types::ColumnType {
+                debezium::Column::new(
+                    r.get(0),
+                    types::ColumnType {
                         oid: oid(3),
                         typmod: r.get(4),
                         name: r.get(5),
                         category: category(6),
                         element,
                     },
-                }
+                    r.get(1),
+                )
             })
             .collect();
         let identity: String = rows[0].get(2);

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
+use std::io::Write as _;
+
 use pg_walstream::RowData;
-use serde_json::{Map, Value, json};
 
 use super::types::{self, ColumnType, TypeOptions};
 use super::{Result, quote_ident};
@@ -24,6 +25,20 @@ pub struct Column {
     pub name: String,
     pub ty: ColumnType,
     pub is_key: bool,
+    /// The name as a JSON string, quotes included, escaped once rather than per event.
+    json_name: String,
+}
+
+impl Column {
+    pub fn new(name: String, ty: ColumnType, is_key: bool) -> Self {
+        let json_name = serde_json::to_string(&name).unwrap_or_else(|_| "\"\"".into());
+        Self {
+            name,
+            ty,
+            is_key,
+            json_name,
+        }
+    }
 }
 
 /// Columns of one captured table, as the catalog describes them.
@@ -162,33 +177,6 @@ impl EventBuilder {
         format!("{}.{}", self.topic_prefix, table.qualified())
     }
 
-    fn source_block(
-        &self,
-        table: &TableSchema,
-        ts_ms: i64,
-        snapshot: &str,
-        tx_id: Option<i64>,
-        lsn: u64,
-        commit_lsn: u64,
-    ) -> Value {
-        json!({
-            "version": VERSION,
-            "connector": "postgresql",
-            "name": self.topic_prefix,
-            "ts_ms": ts_ms,
-            "snapshot": snapshot,
-            "db": self.db,
-            "schema": table.schema,
-            "table": table.table,
-            "txId": tx_id,
-            "lsn": lsn,
-            "xmin": null,
-            // weir's addition: the transaction's commit LSN, so consumers can order changes by
-            // commit, then by `lsn` within it (a change's own LSN can precede an earlier commit).
-            "commit_lsn": commit_lsn,
-        })
-    }
-
     /// A streamed insert, update or delete.
     #[allow(clippy::too_many_arguments)]
     pub fn change(
@@ -204,30 +192,46 @@ impl EventBuilder {
         let Some(t) = self.table(schema, table) else {
             return Ok(Vec::new());
         };
-        let before_image = before.map(|r| self.image(t, r, false)).transpose()?;
-        let after_image = after.map(|r| self.image(t, r, true)).transpose()?;
-        let key_source = after_image.as_ref().or(before_image.as_ref());
-        let key = key_source.map(|img| self.key(t, img));
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let event = json!({
-            "before": before_image,
-            "after": after_image,
-            "source": self.source_block(t, tx.commit_ts_ms, "false", Some(tx.tx_id), lsn, tx.commit_lsn),
-            "op": op.code(),
-            "ts_ms": now_ms,
-            "transaction": null,
-        });
-        let key_bytes = key.map(|k| k.to_string().into_bytes());
+        let mut event = Vec::with_capacity(512);
+        let mut key = Vec::with_capacity(32);
+        event.extend_from_slice(b"{\"before\":");
+        match before {
+            // The key comes from the new image when there is one.
+            Some(row) => {
+                let key = if after.is_none() {
+                    Some(&mut key)
+                } else {
+                    None
+                };
+                self.write_image(&mut event, key, t, |_, c| cell(row, false, c));
+            }
+            None => event.extend_from_slice(b"null"),
+        }
+        event.extend_from_slice(b",\"after\":");
+        match after {
+            Some(row) => self.write_image(&mut event, Some(&mut key), t, |_, c| cell(row, true, c)),
+            None => event.extend_from_slice(b"null"),
+        }
+        self.write_tail(
+            &mut event,
+            t,
+            op.code(),
+            tx.commit_ts_ms,
+            "false",
+            Some(tx.tx_id),
+            lsn,
+            tx.commit_lsn,
+        );
         let topic = self.topic(t);
         let mut out = vec![Record {
             topic: topic.clone(),
-            key: key_bytes.clone(),
-            value: Some(event.to_string().into_bytes()),
+            key: Some(key.clone()),
+            value: Some(event),
         }];
         if op == Op::Delete && self.tombstones_on_delete {
             out.push(Record {
                 topic,
-                key: key_bytes,
+                key: Some(key),
                 value: None,
             });
         }
@@ -240,18 +244,21 @@ impl EventBuilder {
         let Some(t) = self.table(schema, table) else {
             return Ok(Vec::new());
         };
-        let event = json!({
-            "before": null,
-            "after": null,
-            "source": self.source_block(t, tx.commit_ts_ms, "false", Some(tx.tx_id), lsn, tx.commit_lsn),
-            "op": "t",
-            "ts_ms": chrono::Utc::now().timestamp_millis(),
-            "transaction": null,
-        });
+        let mut event = b"{\"before\":null,\"after\":null".to_vec();
+        self.write_tail(
+            &mut event,
+            t,
+            "t",
+            tx.commit_ts_ms,
+            "false",
+            Some(tx.tx_id),
+            lsn,
+            tx.commit_lsn,
+        );
         Ok(vec![Record {
             topic: self.topic(t),
             key: None,
-            value: Some(event.to_string().into_bytes()),
+            value: Some(event),
         }])
     }
 
@@ -264,59 +271,123 @@ impl EventBuilder {
         ts_ms: i64,
         last: bool,
     ) -> Result<Vec<Record>> {
-        let mut after = Map::new();
-        for (column, value) in table.columns.iter().zip(values) {
-            after.insert(column.name.clone(), self.value(column, value.as_deref()));
-        }
-        let after = Value::Object(after);
-        let key = self.key(table, &after);
-        let event = json!({
-            "before": null,
-            "after": after,
-            "source": self.source_block(table, ts_ms, if last { "last" } else { "true" }, None, lsn, lsn),
-            "op": "r",
-            "ts_ms": chrono::Utc::now().timestamp_millis(),
-            "transaction": null,
+        let mut event = Vec::with_capacity(512);
+        let mut key = Vec::with_capacity(32);
+        event.extend_from_slice(b"{\"before\":null,\"after\":");
+        self.write_image(&mut event, Some(&mut key), table, |i, _| {
+            values
+                .get(i)
+                .and_then(|v| v.as_deref())
+                .map_or(Cell::Null, Cell::Text)
         });
+        let snapshot = if last { "last" } else { "true" };
+        self.write_tail(&mut event, table, "r", ts_ms, snapshot, None, lsn, lsn);
         Ok(vec![Record {
             topic: self.topic(table),
-            key: Some(key.to_string().into_bytes()),
-            value: Some(event.to_string().into_bytes()),
+            key: Some(key),
+            value: Some(event),
         }])
     }
 
-    /// The row image: every column of the table; columns missing from a new image are unchanged
-    /// TOAST values, and columns missing from an old image were not logged (REPLICA IDENTITY DEFAULT).
-    fn image(&self, table: &TableSchema, row: &RowData, is_new: bool) -> Result<Value> {
-        let mut out = Map::new();
-        for column in &table.columns {
-            let value = match row.get(&column.name) {
-                Some(v) => self.value(column, v.as_str()),
-                None if is_new => Value::String(UNAVAILABLE_VALUE.into()),
-                None => Value::Null,
-            };
-            out.insert(column.name.clone(), value);
+    /// Writes a row image as a JSON object of every column, and the key's columns (all of them for
+    /// a keyless REPLICA IDENTITY FULL table) as another object into `key`.
+    fn write_image<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        mut key: Option<&mut Vec<u8>>,
+        table: &TableSchema,
+        cell: impl Fn(usize, &Column) -> Cell<'a>,
+    ) {
+        let keyless = !table.columns.iter().any(|c| c.is_key);
+        out.push(b'{');
+        if let Some(k) = key.as_deref_mut() {
+            k.clear();
+            k.push(b'{');
         }
-        Ok(Value::Object(out))
+        let mut first_key = true;
+        for (i, column) in table.columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let start = out.len();
+            out.extend_from_slice(column.json_name.as_bytes());
+            out.push(b':');
+            match cell(i, column) {
+                Cell::Null => out.extend_from_slice(b"null"),
+                Cell::Unavailable => {
+                    out.extend_from_slice(b"\"");
+                    out.extend_from_slice(UNAVAILABLE_VALUE.as_bytes());
+                    out.extend_from_slice(b"\"");
+                }
+                Cell::Text(text) => {
+                    // Writing a Value into a Vec cannot fail.
+                    let _ = serde_json::to_writer(
+                        &mut *out,
+                        &types::value(&column.ty, text, &self.type_options),
+                    );
+                }
+            }
+            if let Some(k) = key.as_deref_mut()
+                && (column.is_key || keyless)
+            {
+                if !first_key {
+                    k.push(b',');
+                }
+                first_key = false;
+                k.extend_from_slice(&out[start..]);
+            }
+        }
+        out.push(b'}');
+        if let Some(k) = key {
+            k.push(b'}');
+        }
     }
 
-    /// The event key: the primary key columns (all columns for a keyless REPLICA IDENTITY FULL table).
-    fn key(&self, table: &TableSchema, image: &Value) -> Value {
-        let has_key = table.columns.iter().any(|c| c.is_key);
-        let mut key = Map::new();
-        for column in table.columns.iter().filter(|c| c.is_key || !has_key) {
-            key.insert(
-                column.name.clone(),
-                image.get(&column.name).cloned().unwrap_or(Value::Null),
-            );
-        }
-        Value::Object(key)
+    /// Writes `"source":{…},"op":…,"ts_ms":…,"transaction":null}`, closing the event, with the
+    /// source fields in Debezium's order.
+    #[allow(clippy::too_many_arguments)]
+    fn write_tail(
+        &self,
+        out: &mut Vec<u8>,
+        table: &TableSchema,
+        op: &str,
+        ts_ms: i64,
+        snapshot: &str,
+        tx_id: Option<i64>,
+        lsn: u64,
+        commit_lsn: u64,
+    ) {
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let tx_id = tx_id.map_or_else(|| "null".to_owned(), |id| id.to_string());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            ",\"source\":{{\"version\":\"{VERSION}\",\"connector\":\"postgresql\",\"name\":{},\"ts_ms\":{ts_ms},\
+             \"snapshot\":\"{snapshot}\",\"db\":{},\"schema\":{},\"table\":{},\"txId\":{tx_id},\"lsn\":{lsn},\
+             \"xmin\":null,\"commit_lsn\":{commit_lsn}}},\"op\":\"{op}\",\"ts_ms\":{now_ms},\"transaction\":null}}",
+            json(&self.topic_prefix),
+            json(&self.db),
+            json(&table.schema),
+            json(&table.table),
+        );
     }
+}
 
-    fn value(&self, column: &Column, text: Option<&str>) -> Value {
-        match text {
-            None => Value::Null,
-            Some(text) => types::value(&column.ty, text, &self.type_options),
-        }
+/// A column of a logged row. Columns missing from a new image are unchanged TOAST values; columns
+/// missing from an old image were not logged (REPLICA IDENTITY DEFAULT logs only the key).
+fn cell<'r>(row: &'r RowData, is_new: bool, column: &Column) -> Cell<'r> {
+    match row.get(&column.name) {
+        Some(v) => v.as_str().map_or(Cell::Null, Cell::Text),
+        None if is_new => Cell::Unavailable,
+        None => Cell::Null,
     }
+}
+
+/// One column's value in an image.
+enum Cell<'a> {
+    Text(&'a str),
+    Null,
+    /// An unchanged TOAST value the WAL does not carry.
+    Unavailable,
 }

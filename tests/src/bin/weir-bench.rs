@@ -1,0 +1,220 @@
+//! `weir-bench capture`: capture throughput next to `pg_recvlogical`, and snapshot throughput next
+//! to `COPY … TO STDOUT`, on the same data in one run (see `scripts/bench`).
+//!
+//! The workload is 1,000,000 changes in 1,000-row transactions: 600,000 inserts, 300,000 updates
+//! and 100,000 deletes of onlineshop-like rows. `pg_recvlogical` reads them through pgoutput into
+//! /dev/null; weir reads the same WAL on its own slot and produces every change to Kafka as a
+//! Debezium event, waiting for the broker's acknowledgement, which is what a pipeline pays.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use weir_tests::TestPipeline;
+
+const INSERTS: i64 = 600_000;
+const UPDATES: i64 = 300_000;
+const DELETES: i64 = 100_000;
+const TX_ROWS: i64 = 1_000;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "capture".into());
+    if what != "capture" {
+        bail!("usage: weir-bench capture");
+    }
+    let t = TestPipeline::new("bench").await?;
+    t.db.batch_execute(
+        "CREATE SCHEMA bench;
+         CREATE TABLE bench.onlineshop (id int PRIMARY KEY, transactionno text, date date, productno text,
+           productname text, price numeric(10,2), quantity int, customerno text, country text);",
+    )
+    .await?;
+    let pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "table_include_list = [\"public\\\\.onlineshop\"]",
+            "table_include_list = [\"bench\\\\.onlineshop\"]\nsnapshot_mode = \"never\"",
+        )
+    })?;
+    let stop = CancellationToken::new();
+    weir::source::run(&pipeline, true, &stop).await?; // creates weir's slot: streaming starts here
+    let recvlogical_slot = format!("{}_recvlogical", t.name);
+    pg_recvlogical(
+        &t,
+        &[
+            "--create-slot",
+            "--plugin",
+            "pgoutput",
+            "--slot",
+            &recvlogical_slot,
+        ],
+    )?;
+
+    println!(
+        "generating {} changes in {TX_ROWS}-row transactions…",
+        INSERTS + UPDATES + DELETES
+    );
+    let started = Instant::now();
+    t.db.batch_execute(&format!(
+        "DO $$ BEGIN
+           FOR b IN 0..{inserts_tx} LOOP
+             INSERT INTO bench.onlineshop
+               SELECT g, (536000 + g / 7)::text, DATE '2019-12-09' - (g % 365), (20000 + g % 3000)::text,
+                      'Product number ' || (g % 3000), (g % 5000) / 100.0 + 0.5, 1 + g % 24,
+                      (12000 + g % 4000)::text, 'United Kingdom'
+               FROM generate_series(b * {TX_ROWS} + 1, (b + 1) * {TX_ROWS}) g;
+             COMMIT;
+           END LOOP;
+           FOR b IN 0..{updates_tx} LOOP
+             UPDATE bench.onlineshop SET quantity = quantity + 1 WHERE id BETWEEN b * {TX_ROWS} + 1 AND (b + 1) * {TX_ROWS};
+             COMMIT;
+           END LOOP;
+           FOR b IN {deletes_from}..{deletes_to} LOOP
+             DELETE FROM bench.onlineshop WHERE id BETWEEN b * {TX_ROWS} + 1 AND (b + 1) * {TX_ROWS};
+             COMMIT;
+           END LOOP;
+         END $$;",
+        inserts_tx = INSERTS / TX_ROWS - 1,
+        updates_tx = UPDATES / TX_ROWS - 1,
+        deletes_from = UPDATES / TX_ROWS,
+        deletes_to = (UPDATES + DELETES) / TX_ROWS - 1,
+    ))
+    .await?;
+    let end_lsn: String =
+        t.db.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await?
+            .get(0);
+    println!(
+        "  done in {:.1} s (WAL end {end_lsn})",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    pg_recvlogical(
+        &t,
+        &[
+            "--start",
+            "--slot",
+            &recvlogical_slot,
+            "--endpos",
+            &end_lsn,
+            "--no-loop",
+            "-o",
+            "proto_version=1",
+            "-o",
+            &format!("publication_names={}", t.name),
+            "-f",
+            "/dev/null",
+        ],
+    )?;
+    let recvlogical_secs = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let report = weir::source::run(&pipeline, true, &stop).await?;
+    let weir_secs = started.elapsed().as_secs_f64();
+    let changes = report.changes as f64;
+    let expected = (INSERTS + UPDATES + DELETES) as f64;
+    if (changes - expected).abs() > 0.5 {
+        bail!("weir captured {changes} changes, expected {expected}");
+    }
+
+    // Snapshot: the 500,000 remaining rows, next to COPY of the same table.
+    let started = Instant::now();
+    let copy = t.db.copy_out("COPY bench.onlineshop TO STDOUT").await?;
+    futures::pin_mut!(copy);
+    let mut copied_bytes = 0usize;
+    while let Some(chunk) = copy.next().await {
+        copied_bytes += chunk?.len();
+    }
+    let copy_secs = started.elapsed().as_secs_f64();
+    let rows: i64 =
+        t.db.query_one("SELECT count(*) FROM bench.onlineshop", &[])
+            .await?
+            .get(0);
+    let snapshot_pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "table_include_list = [\"public\\\\.onlineshop\"]",
+            "table_include_list = [\"bench\\\\.onlineshop\"]\nsnapshot_mode = \"initial_only\"",
+        )
+        .replace(
+            &format!("slot_name = \"{}\"", t.name),
+            &format!("slot_name = \"{}_snapshot\"", t.name),
+        )
+        .replace(
+            &format!("topic_prefix = \"{}\"", t.name),
+            &format!("topic_prefix = \"{}_snapshot\"", t.name),
+        )
+    })?;
+    let started = Instant::now();
+    let snapshot = weir::source::run(&snapshot_pipeline, true, &stop).await?;
+    let snapshot_secs = started.elapsed().as_secs_f64();
+    if snapshot.snapshot_rows != u64::try_from(rows)? {
+        bail!("snapshot sent {} rows of {rows}", snapshot.snapshot_rows);
+    }
+
+    let recvlogical_rate = expected / recvlogical_secs;
+    let weir_rate = changes / weir_secs;
+    let copy_rate = rows as f64 / copy_secs;
+    let snapshot_rate = rows as f64 / snapshot_secs;
+    println!(
+        "\ncapture of {expected} changes (600k inserts, 300k updates, 100k deletes; 1,000-row transactions)"
+    );
+    println!(
+        "  pg_recvlogical (pgoutput → /dev/null)      {recvlogical_secs:7.2} s  {recvlogical_rate:>10.0} changes/s"
+    );
+    println!(
+        "  weir (Debezium JSON → Kafka, acknowledged)  {weir_secs:7.2} s  {weir_rate:>10.0} changes/s"
+    );
+    println!(
+        "  ratio weir / pg_recvlogical                 {:.2}",
+        weir_rate / recvlogical_rate
+    );
+    println!("snapshot of {rows} rows");
+    println!(
+        "  COPY … TO STDOUT ({} MB)                  {copy_secs:7.2} s  {copy_rate:>10.0} rows/s",
+        copied_bytes >> 20
+    );
+    println!(
+        "  weir snapshot (→ Kafka, acknowledged)       {snapshot_secs:7.2} s  {snapshot_rate:>10.0} rows/s"
+    );
+    println!(
+        "  ratio weir / COPY                           {:.2}",
+        snapshot_rate / copy_rate
+    );
+    println!(
+        "peak RSS of this process (weir in-process)    {} MiB",
+        peak_rss_kib()? / 1024
+    );
+    Ok(())
+}
+
+fn pg_recvlogical(t: &TestPipeline, args: &[&str]) -> Result<()> {
+    let status = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_recvlogical")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.services.pg_port,
+            "-U",
+            "postgres",
+            "-d",
+            &t.name,
+        ])
+        .args(args)
+        .status()
+        .context("running pg_recvlogical")?;
+    if !status.success() {
+        bail!("pg_recvlogical {args:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn peak_rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")
+}

@@ -188,6 +188,7 @@ where
         tracing::info!(table = %name, rows, "resuming the snapshot after the last acknowledged key");
     }
     let mut held: Option<Vec<Option<String>>> = None;
+    let mut in_flight: Option<InFlight> = None;
     let mut last_report = Instant::now();
     let started = Instant::now();
     loop {
@@ -218,7 +219,7 @@ where
             .map_err(pg(format!("reading {name}")))?;
         let mut deliveries: FuturesUnordered<Delivery> = FuturesUnordered::new();
         let mut fetched = 0usize;
-        let mut sent_key = None;
+        let mut last_sent = None;
         for message in messages {
             let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
                 continue;
@@ -233,27 +234,26 @@ where
                         .events
                         .snapshot_row(&table, &previous, snapshot.lsn, ts_ms, false)?;
                 deliveries.extend(send_all(snapshot.producer, records));
-                sent_key = Some(
-                    key_positions
-                        .iter()
-                        .map(|&i| previous[i].clone())
-                        .collect::<Vec<_>>(),
-                );
+                last_sent = Some(previous);
                 rows += 1;
             }
-        }
-        while let Some(delivery) = deliveries.next().await {
-            delivery?;
         }
         if let Some(key) = &held {
             last_key = Some(key_positions.iter().map(|&i| key[i].clone()).collect());
         }
-        if sent_key.is_some() && !key_positions.is_empty() {
-            let mut p = progress.lock().await;
-            let tp = p.tables.entry(name.clone()).or_default();
-            tp.rows = rows;
-            tp.last_key = sent_key;
-            save(p.clone()).await?;
+        let sent_key = last_sent.map(|row| {
+            key_positions
+                .iter()
+                .map(|&i| row[i].clone())
+                .collect::<Vec<_>>()
+        });
+        // The previous chunk's acknowledgements arrived while this one was read: record it now.
+        if let Some(chunk) = in_flight.replace(InFlight {
+            deliveries,
+            sent_key,
+            rows,
+        }) {
+            settle(chunk, &name, !key_positions.is_empty(), &progress, save).await?;
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
@@ -263,6 +263,9 @@ where
         if key_positions.is_empty() || fetched < snapshot.chunk_rows {
             break;
         }
+    }
+    if let Some(chunk) = in_flight.take() {
+        settle(chunk, &name, !key_positions.is_empty(), &progress, save).await?;
     }
     client
         .batch_execute("COMMIT")
@@ -281,4 +284,38 @@ where
         table: name,
         values,
     }))
+}
+
+/// A chunk sent to Kafka whose acknowledgements are still arriving.
+struct InFlight {
+    deliveries: FuturesUnordered<Delivery>,
+    /// Key of the chunk's last sent row.
+    sent_key: Option<Vec<Option<String>>>,
+    /// Rows of the table sent up to and including this chunk.
+    rows: u64,
+}
+
+/// Waits for a chunk's acknowledgements, then records it as done.
+async fn settle<F, Fut>(
+    mut chunk: InFlight,
+    table: &str,
+    resumable: bool,
+    progress: &Mutex<SnapshotProgress>,
+    save: &F,
+) -> Result<()>
+where
+    F: Fn(SnapshotProgress) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    while let Some(delivery) = chunk.deliveries.next().await {
+        delivery?;
+    }
+    if resumable && chunk.sent_key.is_some() {
+        let mut p = progress.lock().await;
+        let tp = p.tables.entry(table.to_owned()).or_default();
+        tp.rows = chunk.rows;
+        tp.last_key = chunk.sent_key;
+        save(p.clone()).await?;
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use std::io::Write as _;
+use std::sync::Arc;
 
 use pg_walstream::RowData;
 
@@ -31,7 +32,7 @@ pub struct Column {
 
 impl Column {
     pub fn new(name: String, ty: ColumnType, is_key: bool) -> Self {
-        let json_name = serde_json::to_string(&name).unwrap_or_else(|_| "\"\"".into());
+        let json_name = json(&name);
         Self {
             name,
             ty,
@@ -47,6 +48,10 @@ pub struct TableSchema {
     schema: String,
     table: String,
     columns: Vec<Column>,
+    /// `<prefix>.<schema>.<table>`, shared by every record of the table.
+    topic: Arc<str>,
+    /// `"db":…,"schema":…,"table":…` of the events' `source`, rendered once.
+    source_ids: String,
 }
 
 impl TableSchema {
@@ -55,7 +60,20 @@ impl TableSchema {
             schema: schema.to_owned(),
             table: table.to_owned(),
             columns,
+            topic: Arc::from(""),
+            source_ids: String::new(),
         }
+    }
+
+    /// Fixes what every event of the table repeats: its topic and its identity in `source`.
+    fn bind(&mut self, topic_prefix: &str, db: &str) {
+        self.topic = Arc::from(format!("{topic_prefix}.{}", self.qualified()));
+        self.source_ids = format!(
+            "\"db\":{},\"schema\":{},\"table\":{}",
+            json(db),
+            json(&self.schema),
+            json(&self.table)
+        );
     }
 
     pub fn qualified(&self) -> String {
@@ -109,7 +127,7 @@ pub struct TxContext {
 /// One Kafka record to produce: a change event, or the tombstone that follows a delete.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
 }
@@ -118,8 +136,8 @@ pub struct Record {
 pub struct EventBuilder {
     tables: Vec<TableSchema>,
     by_name: HashMap<String, usize>,
-    topic_prefix: String,
-    db: String,
+    /// `source.name` (the topic prefix) as a JSON string.
+    name_json: String,
     slot_name: String,
     type_options: TypeOptions,
     tombstones_on_delete: bool,
@@ -132,7 +150,8 @@ impl EventBuilder {
         captured: &[String],
         mut schemas: HashMap<String, TableSchema>,
     ) -> Self {
-        let tables: Vec<TableSchema> = captured.iter().filter_map(|t| schemas.remove(t)).collect();
+        let mut tables: Vec<TableSchema> =
+            captured.iter().filter_map(|t| schemas.remove(t)).collect();
         let by_name = tables
             .iter()
             .enumerate()
@@ -142,11 +161,13 @@ impl EventBuilder {
             .ok()
             .and_then(|c| c.get_dbname().map(str::to_owned))
             .unwrap_or_default();
+        for t in &mut tables {
+            t.bind(&pipeline.kafka.topic_prefix, &db);
+        }
         Self {
             tables,
             by_name,
-            topic_prefix: pipeline.kafka.topic_prefix.clone(),
-            db,
+            name_json: json(&pipeline.kafka.topic_prefix),
             slot_name: pipeline.source.slot_name.clone(),
             type_options: TypeOptions {
                 decimal: pipeline.source.decimal_handling_mode,
@@ -173,8 +194,8 @@ impl EventBuilder {
             .map(|&i| &self.tables[i])
     }
 
-    fn topic(&self, table: &TableSchema) -> String {
-        format!("{}.{}", self.topic_prefix, table.qualified())
+    fn topic(&self, table: &TableSchema) -> Arc<str> {
+        table.topic.clone()
     }
 
     /// A streamed insert, update or delete.
@@ -357,21 +378,27 @@ impl EventBuilder {
         lsn: u64,
         commit_lsn: u64,
     ) {
-        let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-        let tx_id = tx_id.map_or_else(|| "null".to_owned(), |id| id.to_string());
         let now_ms = chrono::Utc::now().timestamp_millis();
         // Writing into a Vec cannot fail.
         let _ = write!(
             out,
             ",\"source\":{{\"version\":\"{VERSION}\",\"connector\":\"postgresql\",\"name\":{},\"ts_ms\":{ts_ms},\
-             \"snapshot\":\"{snapshot}\",\"db\":{},\"schema\":{},\"table\":{},\"txId\":{tx_id},\"lsn\":{lsn},\
-             \"xmin\":null,\"commit_lsn\":{commit_lsn}}},\"op\":\"{op}\",\"ts_ms\":{now_ms},\"transaction\":null}}",
-            json(&self.topic_prefix),
-            json(&self.db),
-            json(&table.schema),
-            json(&table.table),
+             \"snapshot\":\"{snapshot}\",{},\"txId\":",
+            self.name_json, table.source_ids,
+        );
+        let _ = match tx_id {
+            Some(id) => write!(out, "{id}"),
+            None => write!(out, "null"),
+        };
+        let _ = write!(
+            out,
+            ",\"lsn\":{lsn},\"xmin\":null,\"commit_lsn\":{commit_lsn}}},\"op\":\"{op}\",\"ts_ms\":{now_ms},\"transaction\":null}}"
         );
     }
+}
+
+fn json(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
 /// A column of a logged row. Columns missing from a new image are unchanged TOAST values; columns

@@ -63,6 +63,29 @@ async fn slot(t: &TestPipeline) -> Result<Option<(String, bool)>> {
         .map(|r| (r.get(0), r.get(1))))
 }
 
+type Capture = tokio::task::JoinHandle<weir::source::Result<CaptureReport>>;
+
+/// Starts a continuous capture and waits until it holds its slot; cancel the token to stop it.
+async fn stream_in_background(
+    t: &TestPipeline,
+    pipeline: &Pipeline,
+) -> Result<(CancellationToken, Capture)> {
+    let stop = CancellationToken::new();
+    let running = {
+        let (p, s) = (pipeline.clone(), stop.clone());
+        tokio::spawn(async move { weir::source::run(&p, false, &s).await })
+    };
+    eventually(Duration::from_secs(30), || async {
+        ensure!(
+            slot(t).await?.is_some_and(|(_, active)| active),
+            "slot not active yet"
+        );
+        Ok(())
+    })
+    .await?;
+    Ok((stop, running))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn included_tables_stream_debezium_events_and_excluded_ones_stay_out() -> Result<()> {
     let t = TestPipeline::new("capture_events").await?;
@@ -303,19 +326,7 @@ async fn unmet_preconditions_fail_with_errors_that_say_what_to_do() -> Result<()
 
     // The slot held by a running capture cannot be taken by a second one.
     let pipeline = capture_pipeline(&t, r#""shop\\.items""#, "", "")?;
-    let stop = CancellationToken::new();
-    let running = {
-        let (p, s) = (pipeline.clone(), stop.clone());
-        tokio::spawn(async move { weir::source::run(&p, false, &s).await })
-    };
-    eventually(Duration::from_secs(30), || async {
-        ensure!(
-            slot(&t).await?.is_some_and(|(_, active)| active),
-            "slot not active yet"
-        );
-        Ok(())
-    })
-    .await?;
+    let (stop, running) = stream_in_background(&t, &pipeline).await?;
     let err = error_of(pipeline.clone()).await?;
     assert!(err.contains("in use"), "{err}");
     stop.cancel();
@@ -328,19 +339,7 @@ async fn an_idle_captured_table_next_to_a_busy_one_keeps_the_slot_moving() -> Re
     let t = TestPipeline::new("capture_heartbeat").await?;
     t.db.batch_execute(SHOP_TABLES).await?;
     let pipeline = capture_pipeline(&t, r#""shop\\.items""#, "", "heartbeat_interval_ms = 200")?;
-    let stop = CancellationToken::new();
-    let running = {
-        let (p, s) = (pipeline.clone(), stop.clone());
-        tokio::spawn(async move { weir::source::run(&p, false, &s).await })
-    };
-    eventually(Duration::from_secs(30), || async {
-        ensure!(
-            slot(&t).await?.is_some_and(|(_, active)| active),
-            "slot not active yet"
-        );
-        Ok(())
-    })
-    .await?;
+    let (stop, running) = stream_in_background(&t, &pipeline).await?;
 
     // Only the uncaptured table changes; its WAL must not pile up behind the slot.
     t.db.batch_execute("INSERT INTO shop.audit SELECT g FROM generate_series(1, 10000) g")

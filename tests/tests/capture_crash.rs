@@ -40,6 +40,25 @@ async fn kill_9(child: &mut tokio::process::Child) -> Result<()> {
     Ok(())
 }
 
+/// Waits until weir's progress record for the test's slot contains `needle`.
+async fn wait_for_progress(t: &TestPipeline, needle: &str) -> Result<()> {
+    let state = t
+        .dir
+        .path()
+        .join("lakehouse/landing-zone/_weir/source")
+        .join(format!("{}.json", t.name));
+    eventually(Duration::from_secs(60), || async {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        ensure!(
+            text.contains(needle),
+            "progress record does not show {needle} yet: {text}"
+        );
+        Ok(())
+    })
+    .await
+    .with_context(|| log(t))
+}
+
 fn log(t: &TestPipeline) -> String {
     std::fs::read_to_string(t.dir.path().join("weir.log")).unwrap_or_default()
 }
@@ -80,21 +99,7 @@ async fn a_snapshot_killed_midway_resumes_and_the_topic_converges_to_the_table()
     )?;
 
     let mut weir = start_weir(&t, &[])?;
-    let state = t
-        .dir
-        .path()
-        .join("lakehouse/landing-zone/_weir/source")
-        .join(format!("{}.json", t.name));
-    eventually(Duration::from_secs(60), || async {
-        let text = std::fs::read_to_string(&state).unwrap_or_default();
-        ensure!(
-            text.contains("last_key"),
-            "no snapshot progress yet: {text}"
-        );
-        Ok(())
-    })
-    .await
-    .with_context(|| log(&t))?;
+    wait_for_progress(&t, "last_key").await?;
     kill_9(&mut weir).await?;
 
     // Changes while weir is down, on both sides of where the snapshot stopped.
@@ -168,21 +173,7 @@ async fn capture_killed_while_streaming_loses_nothing_and_repeats_only_identical
     let mut weir = start_weir(&t, &[])?;
     // A slot being created is listed before it reaches its consistent point, and commits before
     // that point are not its to stream; weir records the snapshot mode's outcome only afterwards.
-    let state = t
-        .dir
-        .path()
-        .join("lakehouse/landing-zone/_weir/source")
-        .join(format!("{}.json", t.name));
-    eventually(Duration::from_secs(60), || async {
-        let text = std::fs::read_to_string(&state).unwrap_or_default();
-        ensure!(
-            text.contains("\"snapshot_completed\":true"),
-            "slot not ready yet: {text}"
-        );
-        Ok(())
-    })
-    .await
-    .with_context(|| log(&t))?;
+    wait_for_progress(&t, "\"snapshot_completed\":true").await?;
 
     // The workload: every statement its own transaction; what it commits is what must arrive.
     let mut expected: BTreeSet<(String, i64, i64)> = BTreeSet::new();

@@ -70,6 +70,8 @@ pub struct SourceConfig {
     pub time_precision_mode: TimePrecisionMode,
     pub binary_handling_mode: BinaryHandlingMode,
     pub tombstones_on_delete: bool,
+    /// JSON with schemas, as `key.converter.schemas.enable` / `value.converter.schemas.enable`.
+    pub schemas_enable: bool,
     /// 0 turns heartbeats off, as in Debezium.
     pub heartbeat_interval_ms: u64,
     /// Run at every heartbeat instead of emitting a logical message (`heartbeat.action.query`).
@@ -261,6 +263,8 @@ struct RawSource {
     binary_handling_mode: BinaryHandlingMode,
     #[serde(default = "yes")]
     tombstones_on_delete: bool,
+    #[serde(default)]
+    schemas_enable: bool,
     #[serde(default)]
     heartbeat_interval_ms: u64,
     heartbeat_action_query: Option<String>,
@@ -529,6 +533,7 @@ impl Pipeline {
                 time_precision_mode: raw.source.time_precision_mode,
                 binary_handling_mode: raw.source.binary_handling_mode,
                 tombstones_on_delete: raw.source.tombstones_on_delete,
+                schemas_enable: raw.source.schemas_enable,
                 heartbeat_interval_ms: raw.source.heartbeat_interval_ms,
                 heartbeat_action_query: raw.source.heartbeat_action_query,
             },

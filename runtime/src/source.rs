@@ -602,6 +602,7 @@ async fn load_schemas(
             .query(
                 // Domains are described by their base type, arrays also by their element type.
                 "SELECT a.attname, coalesce(a.attnum = ANY(i.indkey), false), c.relreplident::text,
+                        a.attnotnull,
                         bt.oid::int8, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
                         format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END),
                         bt.typcategory::text, et.oid::int8, format_type(et.oid, NULL), et.typcategory::text
@@ -629,25 +630,26 @@ async fn load_schemas(
             .map(|r| {
                 let category = |i: usize| r.get::<_, String>(i).chars().next().unwrap_or('U');
                 let oid = |i: usize| u32::try_from(r.get::<_, i64>(i)).unwrap_or(0);
-                let element = r.get::<_, Option<i64>>(7).map(|_| {
+                let element = r.get::<_, Option<i64>>(8).map(|_| {
                     Box::new(types::ColumnType {
-                        oid: oid(7),
+                        oid: oid(8),
                         typmod: -1,
-                        name: r.get(8),
-                        category: category(9),
+                        name: r.get(9),
+                        category: category(10),
                         element: None,
                     })
                 });
                 debezium::Column::new(
                     r.get(0),
                     types::ColumnType {
-                        oid: oid(3),
-                        typmod: r.get(4),
-                        name: r.get(5),
-                        category: category(6),
+                        oid: oid(4),
+                        typmod: r.get(5),
+                        name: r.get(6),
+                        category: category(7),
                         element,
                     },
                     r.get(1),
+                    r.get(3),
                 )
             })
             .collect();

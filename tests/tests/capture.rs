@@ -406,3 +406,55 @@ async fn events_carry_every_field_of_the_reference_designs_debezium_events_in_it
     assert_eq!(names(&ours["after"]), names(&sample[0]["after"]));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_enabled_json_wraps_keys_and_events_with_their_connect_schemas() -> Result<()> {
+    let t = TestPipeline::new("capture_schemas").await?;
+    t.db.batch_execute(SHOP_TABLES).await?;
+    t.db.batch_execute("INSERT INTO shop.orders VALUES (1, 'first', 10.50)")
+        .await?;
+    let pipeline = capture_pipeline(&t, r#""shop\\.orders""#, "", "schemas_enable = true")?;
+    capture(&pipeline).await?;
+    let records = topic(&t, "shop.orders")?;
+    let key = records[0].key.as_ref().context("a key")?;
+    let value = records[0].value.as_ref().context("a value")?;
+    let name = |suffix: &str| format!("{}.shop.orders.{suffix}", t.name);
+
+    assert_eq!(key["payload"], json!({"id": 1}));
+    assert_eq!(key["schema"]["name"], name("Key"));
+    assert_eq!(
+        key["schema"]["fields"],
+        json!([{"type": "int32", "optional": false, "field": "id"}])
+    );
+
+    assert_eq!(value["payload"]["op"], "r");
+    // The test pipelines use decimal_handling_mode = "string".
+    assert_eq!(value["payload"]["after"]["amount"], "10.50");
+    let schema = &value["schema"];
+    assert_eq!(schema["name"], name("Envelope"));
+    let fields: Vec<&str> = schema["fields"]
+        .as_array()
+        .context("fields")?
+        .iter()
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        ["before", "after", "source", "op", "ts_ms", "transaction"]
+    );
+    let after = &schema["fields"][1];
+    assert_eq!(after["name"], name("Value"));
+    assert_eq!(
+        after["fields"][1],
+        json!({"type": "string", "optional": true, "field": "note"})
+    );
+    assert_eq!(
+        after["fields"][2],
+        json!({"type": "string", "optional": true, "field": "amount"})
+    );
+    assert_eq!(
+        schema["fields"][2]["name"],
+        "io.debezium.connector.postgresql.Source"
+    );
+    Ok(())
+}

@@ -26,17 +26,19 @@ pub struct Column {
     pub name: String,
     pub ty: ColumnType,
     pub is_key: bool,
+    pub not_null: bool,
     /// The name as a JSON string, quotes included, escaped once rather than per event.
     json_name: String,
 }
 
 impl Column {
-    pub fn new(name: String, ty: ColumnType, is_key: bool) -> Self {
+    pub fn new(name: String, ty: ColumnType, is_key: bool, not_null: bool) -> Self {
         let json_name = json(&name);
         Self {
             name,
             ty,
             is_key,
+            not_null,
             json_name,
         }
     }
@@ -52,6 +54,9 @@ pub struct TableSchema {
     topic: Arc<str>,
     /// `"db":…,"schema":…,"table":…` of the events' `source`, rendered once.
     source_ids: String,
+    /// Kafka Connect schemas of the key and the envelope, for schemas-enabled JSON.
+    key_schema: String,
+    value_schema: String,
 }
 
 impl TableSchema {
@@ -62,12 +67,17 @@ impl TableSchema {
             columns,
             topic: Arc::from(""),
             source_ids: String::new(),
+            key_schema: String::new(),
+            value_schema: String::new(),
         }
     }
 
     /// Fixes what every event of the table repeats: its topic and its identity in `source`.
-    fn bind(&mut self, topic_prefix: &str, db: &str) {
+    fn bind(&mut self, topic_prefix: &str, db: &str, types: &TypeOptions) {
         self.topic = Arc::from(format!("{topic_prefix}.{}", self.qualified()));
+        let (key_schema, value_schema) = connect_schemas(self, &self.topic, types);
+        self.key_schema = key_schema.to_string();
+        self.value_schema = value_schema.to_string();
         self.source_ids = format!(
             "\"db\":{},\"schema\":{},\"table\":{}",
             json(db),
@@ -141,6 +151,8 @@ pub struct EventBuilder {
     slot_name: String,
     type_options: TypeOptions,
     tombstones_on_delete: bool,
+    /// JSON with schemas (`key/value.converter.schemas.enable=true`): `{"schema":…,"payload":…}`.
+    schemas_enable: bool,
 }
 
 impl EventBuilder {
@@ -161,20 +173,22 @@ impl EventBuilder {
             .ok()
             .and_then(|c| c.get_dbname().map(str::to_owned))
             .unwrap_or_default();
+        let type_options = TypeOptions {
+            decimal: pipeline.source.decimal_handling_mode,
+            time_precision: pipeline.source.time_precision_mode,
+            binary: pipeline.source.binary_handling_mode,
+        };
         for t in &mut tables {
-            t.bind(&pipeline.kafka.topic_prefix, &db);
+            t.bind(&pipeline.kafka.topic_prefix, &db, &type_options);
         }
         Self {
             tables,
             by_name,
             name_json: json(&pipeline.kafka.topic_prefix),
             slot_name: pipeline.source.slot_name.clone(),
-            type_options: TypeOptions {
-                decimal: pipeline.source.decimal_handling_mode,
-                time_precision: pipeline.source.time_precision_mode,
-                binary: pipeline.source.binary_handling_mode,
-            },
+            type_options,
             tombstones_on_delete: pipeline.source.tombstones_on_delete,
+            schemas_enable: pipeline.source.schemas_enable,
         }
     }
 
@@ -194,8 +208,18 @@ impl EventBuilder {
             .map(|&i| &self.tables[i])
     }
 
-    fn topic(&self, table: &TableSchema) -> Arc<str> {
-        table.topic.clone()
+    /// `payload` as it goes to Kafka: alone, or with its schema when schemas are enabled.
+    fn with_schema(&self, schema: &str, payload: Vec<u8>) -> Vec<u8> {
+        if !self.schemas_enable {
+            return payload;
+        }
+        let mut out = Vec::with_capacity(schema.len() + payload.len() + 24);
+        out.extend_from_slice(b"{\"schema\":");
+        out.extend_from_slice(schema.as_bytes());
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(&payload);
+        out.push(b'}');
+        out
     }
 
     /// A streamed insert, update or delete.
@@ -243,15 +267,15 @@ impl EventBuilder {
             lsn,
             tx.commit_lsn,
         );
-        let topic = self.topic(t);
+        let key = self.with_schema(&t.key_schema, key);
         let mut out = vec![Record {
-            topic: topic.clone(),
+            topic: t.topic.clone(),
             key: Some(key.clone()),
-            value: Some(event),
+            value: Some(self.with_schema(&t.value_schema, event)),
         }];
         if op == Op::Delete && self.tombstones_on_delete {
             out.push(Record {
-                topic,
+                topic: t.topic.clone(),
                 key: Some(key),
                 value: None,
             });
@@ -277,9 +301,9 @@ impl EventBuilder {
             tx.commit_lsn,
         );
         Ok(vec![Record {
-            topic: self.topic(t),
+            topic: t.topic.clone(),
             key: None,
-            value: Some(event),
+            value: Some(self.with_schema(&t.value_schema, event)),
         }])
     }
 
@@ -304,9 +328,9 @@ impl EventBuilder {
         let snapshot = if last { "last" } else { "true" };
         self.write_tail(&mut event, table, "r", ts_ms, snapshot, None, lsn, lsn);
         Ok(vec![Record {
-            topic: self.topic(table),
-            key: Some(key),
-            value: Some(event),
+            topic: table.topic.clone(),
+            key: Some(self.with_schema(&table.key_schema, key)),
+            value: Some(self.with_schema(&table.value_schema, event)),
         }])
     }
 
@@ -395,6 +419,74 @@ impl EventBuilder {
             ",\"lsn\":{lsn},\"xmin\":null,\"commit_lsn\":{commit_lsn}}},\"op\":\"{op}\",\"ts_ms\":{now_ms},\"transaction\":null}}"
         );
     }
+}
+
+/// The Kafka Connect schemas Debezium's PostgreSQL connector gives a table's keys and envelopes.
+fn connect_schemas(
+    table: &TableSchema,
+    topic: &str,
+    types: &TypeOptions,
+) -> (serde_json::Value, serde_json::Value) {
+    use serde_json::json;
+    let keyless = !table.columns.iter().any(|c| c.is_key);
+    let field = |c: &Column| types::schema(&c.ty, &c.name, !c.not_null && !c.is_key, types);
+    let key = json!({
+        "type": "struct",
+        "fields": table.columns.iter().filter(|c| c.is_key || keyless).map(field).collect::<Vec<_>>(),
+        "optional": false,
+        "name": format!("{topic}.Key"),
+    });
+    let row = |name: &str| {
+        json!({
+            "type": "struct",
+            "fields": table.columns.iter().map(field).collect::<Vec<_>>(),
+            "optional": true,
+            "name": format!("{topic}.Value"),
+            "field": name,
+        })
+    };
+    let plain = |ty: &str, optional: bool, name: &str| json!({"type": ty, "optional": optional, "field": name});
+    let source = json!({
+        "type": "struct",
+        "fields": [
+            plain("string", false, "version"),
+            plain("string", false, "connector"),
+            plain("string", false, "name"),
+            plain("int64", false, "ts_ms"),
+            {"type": "string", "optional": true, "name": "io.debezium.data.Enum", "version": 1,
+             "parameters": {"allowed": "true,last,false,incremental"}, "default": "false", "field": "snapshot"},
+            plain("string", false, "db"),
+            plain("string", false, "schema"),
+            plain("string", false, "table"),
+            plain("int64", true, "txId"),
+            plain("int64", true, "lsn"),
+            plain("int64", true, "xmin"),
+            plain("int64", true, "commit_lsn"),
+        ],
+        "optional": false,
+        "name": "io.debezium.connector.postgresql.Source",
+        "field": "source",
+    });
+    let transaction = json!({
+        "type": "struct",
+        "fields": [
+            plain("string", false, "id"),
+            plain("int64", false, "total_order"),
+            plain("int64", false, "data_collection_order"),
+        ],
+        "optional": true,
+        "name": "event.block",
+        "version": 1,
+        "field": "transaction",
+    });
+    let envelope = json!({
+        "type": "struct",
+        "fields": [row("before"), row("after"), source, plain("string", false, "op"), plain("int64", true, "ts_ms"), transaction],
+        "optional": false,
+        "name": format!("{topic}.Envelope"),
+        "version": 1,
+    });
+    (key, envelope)
 }
 
 fn json(s: &str) -> String {

@@ -472,3 +472,19 @@ async fn schemas_enabled_json_wraps_keys_and_events_with_their_connect_schemas()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tombstones_a_delete_is_one_event() -> Result<()> {
+    let t = TestPipeline::new("capture_no_tombstones").await?;
+    t.db.batch_execute(SHOP_TABLES).await?;
+    t.db.batch_execute("INSERT INTO shop.items VALUES (1, 1)")
+        .await?;
+    let pipeline = capture_pipeline(&t, r#""shop\\.items""#, "", "tombstones_on_delete = false")?;
+    capture(&pipeline).await?;
+    t.db.batch_execute("DELETE FROM shop.items WHERE id = 1")
+        .await?;
+    capture(&pipeline).await?;
+    let records = topic(&t, "shop.items")?;
+    assert_eq!(records.iter().map(op).collect::<Vec<_>>(), ["r", "d"]);
+    Ok(())
+}

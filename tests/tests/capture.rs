@@ -488,3 +488,40 @@ async fn without_tombstones_a_delete_is_one_event() -> Result<()> {
     assert_eq!(records.iter().map(op).collect::<Vec<_>>(), ["r", "d"]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_with_the_configured_settings() -> Result<()> {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+
+    let t = TestPipeline::new("capture_topic_settings").await?;
+    t.db.batch_execute(SHOP_TABLES).await?;
+    // The reference design's topics: compacted, lz4.
+    let pipeline = t.pipeline_with(|text| {
+        text.replace("table_include_list = [\"public\\\\.onlineshop\"]", "table_include_list = [\"shop\\\\.items\"]")
+            .replace(
+                "[landing]",
+                "[kafka.topic_creation]\ncleanup_policy = \"compact\"\ncompression_type = \"lz4\"\n\n[landing]",
+            )
+    })?;
+    capture(&pipeline).await?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &t.services.kafka)
+        .create()?;
+    let topic = format!("{}.shop.items", t.name);
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+        .await?;
+    let config = described.into_iter().next().context("a result")??;
+    let value = |name: &str| {
+        config
+            .entries
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("cleanup.policy").as_deref(), Some("compact"));
+    assert_eq!(value("compression.type").as_deref(), Some("lz4"));
+    Ok(())
+}

@@ -121,34 +121,18 @@ pub struct Layers {
 impl Layers {
     /// Compiles and instantiates every layer's component (and so checks their exports).
     pub fn load(host: &WasmHost, pipeline: &Pipeline) -> Result<Self> {
-        let instantiate =
-            |stage: &str, path: &std::path::Path, world: World, config: &serde_json::Value| {
-                let loaded: LoadedComponent = host.load(path, world)?;
-                Ok::<_, LakehouseError>(loaded.instantiate(stage, config)?)
-            };
-        let bronze = instantiate(
-            "bronze",
-            &pipeline.bronze.layer.component,
-            World::RowTransform,
-            &pipeline.bronze.layer.component_config,
-        )?;
-        let silver = instantiate(
-            "silver",
-            &pipeline.silver.layer.component,
-            World::RowTransform,
-            &pipeline.silver.layer.component_config,
-        )?;
+        let instantiate = |stage: &str, layer: &crate::config::LayerConfig, world: World| {
+            let loaded: LoadedComponent = host.load(&layer.component, world)?;
+            Ok::<_, LakehouseError>(loaded.instantiate(stage, &layer.component_config)?)
+        };
+        let bronze = instantiate("bronze", &pipeline.bronze.layer, World::RowTransform)?;
+        let silver = instantiate("silver", &pipeline.silver.layer, World::RowTransform)?;
         let mut gold = Vec::new();
         for (name, g) in &pipeline.gold {
             let stage = format!("gold.{name}");
             gold.push((
                 name.clone(),
-                instantiate(
-                    &stage,
-                    &g.layer.component,
-                    World::Aggregate,
-                    &g.layer.component_config,
-                )?,
+                instantiate(&stage, &g.layer, World::Aggregate)?,
             ));
         }
         Ok(Self {

@@ -646,12 +646,7 @@ async fn merge_silver(
     let before_version = silver.version();
     let ctx = SessionContext::new();
     let source = ctx.read_batch(changes).map_err(|e| stage_err(STAGE, e))?;
-    let on = cfg
-        .keys
-        .iter()
-        .map(|k| format!("target.{} = source.{}", q(k), q(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = keys_match(&cfg.keys);
     let newer = sequence_newer(&cfg.sequence_by);
     let is_delete = format!("({})", qualify_source(&cfg.apply_as_deletes));
     let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
@@ -693,6 +688,14 @@ async fn merge_silver(
         "silver merge"
     );
     Ok(table)
+}
+
+/// The MERGE condition pairing source and target rows by `keys`.
+fn keys_match(keys: &[String]) -> String {
+    keys.iter()
+        .map(|k| format!("target.{} = source.{}", q(k), q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// `(s.a, s.b) > (t.a, t.b)` written out, so a repeated or older event never overwrites a newer one.
@@ -902,12 +905,7 @@ async fn merge_gold(
     let before_version = gold.version();
     let ctx = SessionContext::new();
     let source = ctx.read_batch(deltas).map_err(|e| stage_err(stage, e))?;
-    let on = cfg
-        .keys
-        .iter()
-        .map(|k| format!("target.{} = source.{}", q(k), q(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = keys_match(&cfg.keys);
     let count = q(&cfg.count_column);
     let (table, _metrics) = gold
         .merge(source, on)

@@ -344,11 +344,7 @@ async fn stream_changes(
             }
             EventType::Commit { end_lsn, .. } => {
                 report.transactions += 1;
-                let pending = PendingCommit {
-                    end_lsn: end_lsn.value(),
-                    deliveries: std::mem::take(&mut deliveries),
-                };
-                if acks.send(pending).await.is_err() {
+                if !confirm_after(acks, end_lsn.value(), &mut deliveries).await {
                     return Ok(None);
                 }
                 continue;
@@ -360,11 +356,7 @@ async fn stream_changes(
                 message_lsn,
                 ..
             } if &*prefix == HEARTBEAT_PREFIX => {
-                let pending = PendingCommit {
-                    end_lsn: message_lsn.value(),
-                    deliveries: FuturesUnordered::new(),
-                };
-                if acks.send(pending).await.is_err() {
+                if !confirm_after(acks, message_lsn.value(), &mut deliveries).await {
                     return Ok(None);
                 }
                 continue;
@@ -429,6 +421,20 @@ async fn stream_changes(
             }
         }
     }
+}
+
+/// Hands the acknowledgement task a position to confirm once `deliveries` (taken) are all in.
+/// `false` when that task has gone, which ends streaming.
+async fn confirm_after(
+    acks: &mpsc::Sender<PendingCommit>,
+    end_lsn: u64,
+    deliveries: &mut FuturesUnordered<Delivery>,
+) -> bool {
+    let pending = PendingCommit {
+        end_lsn,
+        deliveries: std::mem::take(deliveries),
+    };
+    acks.send(pending).await.is_ok()
 }
 
 fn send_all(

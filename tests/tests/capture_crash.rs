@@ -34,6 +34,18 @@ fn start_weir(t: &TestPipeline, args: &[&str]) -> Result<tokio::process::Child> 
         .spawn()?)
 }
 
+/// `weir run --triggered` to the end: whatever the crashed runs left is caught up.
+async fn run_triggered(t: &TestPipeline) -> Result<()> {
+    let mut weir = start_weir(t, &["--triggered"])?;
+    let status = tokio::time::timeout(Duration::from_secs(300), weir.wait()).await??;
+    ensure!(
+        status.success(),
+        "weir failed after the restart:\n{}",
+        log(t)
+    );
+    Ok(())
+}
+
 async fn kill_9(child: &mut tokio::process::Child) -> Result<()> {
     child.start_kill()?; // SIGKILL
     child.wait().await?;
@@ -109,13 +121,7 @@ async fn a_snapshot_killed_midway_resumes_and_the_topic_converges_to_the_table()
          INSERT INTO shop.big SELECT g, 2 FROM generate_series(200001, 200100) g;",
     )
     .await?;
-    let mut weir = start_weir(&t, &["--triggered"])?;
-    let status = tokio::time::timeout(Duration::from_secs(300), weir.wait()).await??;
-    ensure!(
-        status.success(),
-        "weir failed after the restart:\n{}",
-        log(&t)
-    );
+    run_triggered(&t).await?;
     ensure!(
         log(&t).contains("resuming the snapshot"),
         "the snapshot started over:\n{}",
@@ -204,13 +210,7 @@ async fn capture_killed_while_streaming_loses_nothing_and_repeats_only_identical
         }
     }
     kill_9(&mut weir).await?;
-    let mut weir = start_weir(&t, &["--triggered"])?;
-    let status = tokio::time::timeout(Duration::from_secs(300), weir.wait()).await??;
-    ensure!(
-        status.success(),
-        "weir failed after the restarts:\n{}",
-        log(&t)
-    );
+    run_triggered(&t).await?;
 
     let events = events(&t, "shop.events")?;
     let mut by_position: BTreeMap<((u64, u64), String), Value> = BTreeMap::new();

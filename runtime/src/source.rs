@@ -103,6 +103,8 @@ pub async fn run(
     stop: &CancellationToken,
 ) -> Result<CaptureReport> {
     let src = &pipeline.source;
+    // First, so that the producer gets its id from the broker while PostgreSQL is being set up.
+    let producer = ChangeProducer::new(&pipeline.kafka)?;
     let client = connect(&src.connection).await?;
     check_preconditions(&client, pipeline).await?;
     let tables = resolve_tables(&client, src).await?;
@@ -111,7 +113,7 @@ pub async fn run(
 
     let topics: Vec<String> = tables.iter().map(|t| pipeline.topic_for(t)).collect();
     transport::ensure_topics(&pipeline.kafka, &topics).await?;
-    let producer = ChangeProducer::new(&pipeline.kafka)?;
+    producer.connect(&topics).await?;
 
     let (state_store, state_root) = storage::open(&pipeline.state_location)?;
     let state_path = state_root
@@ -168,7 +170,7 @@ pub async fn run(
         None
     };
 
-    let events = EventBuilder::new(pipeline, &tables, schemas);
+    let events = Arc::new(EventBuilder::new(pipeline, &tables, schemas));
     let mut stream = open_stream(pipeline, fresh_snapshot, stop_at).await?;
     stream
         .ensure_replication_slot()
@@ -213,7 +215,7 @@ pub async fn run(
             connection: &src.connection,
             exported,
             lsn: consistent_lsn,
-            events: &events,
+            events: events.clone(),
             producer: &producer,
             chunk_rows: src.snapshot_fetch_size,
             threads: src.snapshot_max_threads,
@@ -439,7 +441,7 @@ async fn confirm_after(
 
 fn send_all(
     producer: &ChangeProducer,
-    records: Vec<debezium::Record>,
+    records: impl IntoIterator<Item = debezium::Record>,
 ) -> impl Iterator<Item = Delivery> {
     records.into_iter().map(|r| {
         let fut = producer.send(&r.topic, r.key.as_deref(), r.value.as_deref());

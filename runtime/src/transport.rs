@@ -6,6 +6,7 @@
 //! is durable: downstream delivery is at-least-once and stages deduplicate by offset.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -13,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -110,7 +111,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[String]) -> Result<()>
 #[derive(Clone)]
 pub struct ChangeProducer {
     producer: FutureProducer,
-    servers: String,
+    servers: Arc<str>,
 }
 
 impl ChangeProducer {
@@ -133,14 +134,40 @@ impl ChangeProducer {
             .map_err(kafka_err(kafka, "creating producer"))?;
         Ok(Self {
             producer,
-            servers: kafka.bootstrap_servers.clone(),
+            servers: Arc::from(kafka.bootstrap_servers.as_str()),
         })
+    }
+
+    /// Connects to the brokers leading `topics` before the first event is queued.
+    ///
+    /// An idempotent producer takes no event until it has its producer id, and librdkafka only asks
+    /// for one once a broker connection is up, retrying on a timer: without this the first events
+    /// of a run wait about a second.
+    pub async fn connect(&self, topics: &[String]) -> Result<()> {
+        let producer = self.producer.clone();
+        let topics = topics.to_vec();
+        let servers = self.servers.clone();
+        let connected = tokio::task::spawn_blocking(move || {
+            topics.iter().try_for_each(|topic| {
+                producer
+                    .client()
+                    .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                    .map(drop)
+                    .map_err(|source| TransportError::Kafka {
+                        servers: servers.to_string(),
+                        action: format!("reading metadata of {topic}"),
+                        source,
+                    })
+            })
+        })
+        .await;
+        connected.unwrap_or(Ok(()))
     }
 
     /// Queues one event; the returned future resolves once the broker acknowledged it.
     pub fn send(
         &self,
-        topic: &str,
+        topic: &Arc<str>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> impl Future<Output = Result<()>> + Send + use<> {
@@ -162,11 +189,12 @@ impl ChangeProducer {
         }
         // The record borrows its key and value; keep only the error, so the future owns everything.
         let queued = queued.map_err(|(e, _record)| e);
+        // Shared, not copied: this runs for every event.
         let servers = self.servers.clone();
-        let topic = topic.to_owned();
+        let topic = topic.clone();
         async move {
             let err = |source| TransportError::Kafka {
-                servers,
+                servers: servers.to_string(),
                 action: format!("producing to {topic}"),
                 source,
             };

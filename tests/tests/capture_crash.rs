@@ -130,8 +130,9 @@ async fn a_snapshot_killed_midway_resumes_and_the_topic_converges_to_the_table()
 
     let events = events(&t, "shop.big")?;
     let reads = events.iter().filter(|e| e["op"] == "r").count() as i64;
+    // Repeats are bounded by the chunks in flight at the kill (up to 4 past the recorded progress).
     assert!(
-        reads < ROWS + 100 + 2 * CHUNK,
+        reads < ROWS + 100 + 5 * CHUNK,
         "{reads} snapshot reads for {ROWS} rows: it did not resume"
     );
     // Applying every event in source order gives the table.

@@ -29,17 +29,21 @@ pub struct Column {
     pub not_null: bool,
     /// The name as a JSON string, quotes included, escaped once rather than per event.
     json_name: String,
+    /// The type's mapping; Debezium's default options until the table is bound to the pipeline's.
+    converter: types::Converter,
 }
 
 impl Column {
     pub fn new(name: String, ty: ColumnType, is_key: bool, not_null: bool) -> Self {
         let json_name = json(&name);
+        let converter = types::Converter::new(&ty, &TypeOptions::default());
         Self {
             name,
             ty,
             is_key,
             not_null,
             json_name,
+            converter,
         }
     }
 }
@@ -75,6 +79,9 @@ impl TableSchema {
     /// Fixes what every event of the table repeats: its topic and its identity in `source`.
     fn bind(&mut self, topic_prefix: &str, db: &str, types: &TypeOptions) {
         self.topic = Arc::from(format!("{topic_prefix}.{}", self.qualified()));
+        for column in &mut self.columns {
+            column.converter = types::Converter::new(&column.ty, types);
+        }
         let (key_schema, value_schema) = connect_schemas(self, &self.topic, types);
         self.key_schema = key_schema.to_string();
         self.value_schema = value_schema.to_string();
@@ -149,7 +156,6 @@ pub struct EventBuilder {
     /// `source.name` (the topic prefix) as a JSON string.
     name_json: String,
     slot_name: String,
-    type_options: TypeOptions,
     tombstones_on_delete: bool,
     /// JSON with schemas (`key/value.converter.schemas.enable=true`): `{"schema":…,"payload":…}`.
     schemas_enable: bool,
@@ -186,7 +192,6 @@ impl EventBuilder {
             by_name,
             name_json: json(&pipeline.kafka.topic_prefix),
             slot_name: pipeline.source.slot_name.clone(),
-            type_options,
             tombstones_on_delete: pipeline.source.tombstones_on_delete,
             schemas_enable: pipeline.source.schemas_enable,
         }
@@ -307,31 +312,28 @@ impl EventBuilder {
         }])
     }
 
-    /// A snapshot read (`op: r`) of one row, values in the table's column order.
-    pub fn snapshot_row(
+    /// A snapshot read (`op: r`) of one row; `value(i)` is the text of the table's i-th column.
+    pub fn snapshot_row<'a>(
         &self,
         table: &TableSchema,
-        values: &[Option<String>],
+        value: impl Fn(usize) -> Option<&'a str>,
         lsn: u64,
         ts_ms: i64,
         last: bool,
-    ) -> Result<Vec<Record>> {
+    ) -> Record {
         let mut event = Vec::with_capacity(512);
         let mut key = Vec::with_capacity(32);
         event.extend_from_slice(b"{\"before\":null,\"after\":");
         self.write_image(&mut event, Some(&mut key), table, |i, _| {
-            values
-                .get(i)
-                .and_then(|v| v.as_deref())
-                .map_or(Cell::Null, Cell::Text)
+            value(i).map_or(Cell::Null, Cell::Text)
         });
         let snapshot = if last { "last" } else { "true" };
         self.write_tail(&mut event, table, "r", ts_ms, snapshot, None, lsn, lsn);
-        Ok(vec![Record {
+        Record {
             topic: table.topic.clone(),
             key: Some(self.with_schema(&table.key_schema, key)),
             value: Some(self.with_schema(&table.value_schema, event)),
-        }])
+        }
     }
 
     /// Writes a row image as a JSON object of every column, and the key's columns (all of them for
@@ -364,13 +366,7 @@ impl EventBuilder {
                     out.extend_from_slice(UNAVAILABLE_VALUE.as_bytes());
                     out.extend_from_slice(b"\"");
                 }
-                Cell::Text(text) => {
-                    // Writing a Value into a Vec cannot fail.
-                    let _ = serde_json::to_writer(
-                        &mut *out,
-                        &types::value(&column.ty, text, &self.type_options),
-                    );
-                }
+                Cell::Text(text) => column.converter.write_json(text, out),
             }
             if let Some(k) = key.as_deref_mut()
                 && (column.is_key || keyless)

@@ -10,17 +10,22 @@
 //! Several tables are read in parallel (`snapshot_max_threads`), each by its own connection; memory
 //! holds one chunk per table being read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 use super::debezium::{EventBuilder, TableSchema};
-use super::{Delivery, Result, connect, pg, quote_ident, quote_literal, send_all};
+use super::{Delivery, Result, SourceError, connect, pg, quote_ident, quote_literal, send_all};
 use crate::transport::ChangeProducer;
+
+/// Chunks of one table being built or awaiting acknowledgement at once: enough to keep the
+/// server, the event builders and the broker busy together; memory holds this many chunks more.
+const CHUNKS_IN_FLIGHT: usize = 3;
 
 /// How far a snapshot got, per `schema.table`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -43,7 +48,7 @@ pub(super) struct Snapshot<'a> {
     pub exported: Option<String>,
     /// The slot's consistent point, carried by every snapshot row as its LSN.
     pub lsn: u64,
-    pub events: &'a EventBuilder,
+    pub events: Arc<EventBuilder>,
     pub producer: &'a ChangeProducer,
     pub chunk_rows: usize,
     pub threads: usize,
@@ -53,7 +58,7 @@ pub(super) struct Snapshot<'a> {
 /// which one that is is known only once every table is done.
 struct HeldRow {
     table: String,
-    values: Vec<Option<String>>,
+    row: SimpleQueryRow,
 }
 
 /// Reads every table not yet done; `save` records progress durably. Returns the rows sent.
@@ -100,14 +105,14 @@ where
         else {
             continue;
         };
-        let records = snapshot.events.snapshot_row(
+        let record = snapshot.events.snapshot_row(
             table,
-            &row.values,
+            |i| cell(&row.row, i),
             snapshot.lsn,
             ts_ms,
             i + 1 == count,
-        )?;
-        deliveries.extend(send_all(snapshot.producer, records));
+        );
+        deliveries.extend(send_all(snapshot.producer, [record]));
     }
     while let Some(delivery) = deliveries.next().await {
         delivery?;
@@ -187,72 +192,96 @@ where
     if last_key.is_some() {
         tracing::info!(table = %name, rows, "resuming the snapshot after the last acknowledged key");
     }
-    let mut held: Option<Vec<Option<String>>> = None;
-    let mut in_flight: Option<InFlight> = None;
+    let client = Arc::new(client);
+    let chunk_query = |after: Option<&Vec<Option<String>>>| {
+        // Keyless tables (REPLICA IDENTITY FULL) are read in one pass: there is no order to resume by.
+        if key_positions.is_empty() {
+            return format!("SELECT {} FROM {}", table.column_list(), table.quoted());
+        }
+        let after = match after {
+            Some(key) => {
+                let literals: Vec<String> = key
+                    .iter()
+                    .map(|v| v.as_deref().map_or("NULL".to_owned(), quote_literal))
+                    .collect();
+                format!("WHERE ({key_list}) > ({})", literals.join(", "))
+            }
+            None => String::new(),
+        };
+        format!(
+            "SELECT {} FROM {} {after} ORDER BY {key_list} LIMIT {}",
+            table.column_list(),
+            table.quoted(),
+            snapshot.chunk_rows
+        )
+    };
+    // Each chunk is fetched (and its rows parsed) by a task of its own, so the server reads the
+    // next chunk while this one is turned into events.
+    let fetch = |query: String| {
+        let client = client.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            client
+                .simple_query(&query)
+                .await
+                .map_err(pg(format!("reading {name}")))
+        })
+    };
+    let key_of = |row: &SimpleQueryRow| -> Vec<Option<String>> {
+        key_positions
+            .iter()
+            .map(|&i| cell(row, i).map(str::to_owned))
+            .collect()
+    };
+    let mut held: Option<SimpleQueryRow> = None;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(CHUNKS_IN_FLIGHT + 1);
     let mut last_report = Instant::now();
     let started = Instant::now();
-    loop {
-        // Keyless tables (REPLICA IDENTITY FULL) are read in one pass: there is no order to resume by.
-        let query = if key_positions.is_empty() {
-            format!("SELECT {} FROM {}", table.column_list(), table.quoted())
-        } else {
-            let after = match &last_key {
-                Some(key) => {
-                    let literals: Vec<String> = key
-                        .iter()
-                        .map(|v| v.as_deref().map_or("NULL".to_owned(), quote_literal))
-                        .collect();
-                    format!("WHERE ({key_list}) > ({})", literals.join(", "))
-                }
-                None => String::new(),
-            };
-            format!(
-                "SELECT {} FROM {} {after} ORDER BY {key_list} LIMIT {}",
-                table.column_list(),
-                table.quoted(),
-                snapshot.chunk_rows
-            )
-        };
-        let messages = client
-            .simple_query(&query)
-            .await
-            .map_err(pg(format!("reading {name}")))?;
-        let mut deliveries: FuturesUnordered<Delivery> = FuturesUnordered::new();
-        let mut fetched = 0usize;
-        let mut last_sent = None;
-        for message in messages {
-            let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
-                continue;
-            };
-            fetched += 1;
-            let values: Vec<Option<String>> = (0..row.len())
-                .map(|i| row.get(i).map(str::to_owned))
-                .collect();
-            if let Some(previous) = held.replace(values) {
-                let records =
-                    snapshot
-                        .events
-                        .snapshot_row(&table, &previous, snapshot.lsn, ts_ms, false)?;
-                deliveries.extend(send_all(snapshot.producer, records));
-                last_sent = Some(previous);
-                rows += 1;
-            }
+    let mut next_chunk = Some(fetch(chunk_query(last_key.as_ref())));
+    while let Some(chunk) = next_chunk.take() {
+        let messages = chunk.await.map_err(|e| SourceError::Postgres {
+            context: format!("reading {name}"),
+            message: e.to_string(),
+        })??;
+        let chunk: Vec<SimpleQueryRow> = messages
+            .into_iter()
+            .filter_map(|message| match message {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .collect();
+        if let Some(row) = chunk.last() {
+            last_key = Some(key_of(row));
         }
-        if let Some(key) = &held {
-            last_key = Some(key_positions.iter().map(|&i| key[i].clone()).collect());
+        if !key_positions.is_empty() && chunk.len() == snapshot.chunk_rows {
+            next_chunk = Some(fetch(chunk_query(last_key.as_ref())));
         }
-        let sent_key = last_sent.map(|row| {
-            key_positions
-                .iter()
-                .map(|&i| row[i].clone())
-                .collect::<Vec<_>>()
-        });
-        // The previous chunk's acknowledgements arrived while this one was read: record it now.
-        if let Some(chunk) = in_flight.replace(InFlight {
-            deliveries,
+        // The table's last row is held back (see `HeldRow`): each chunk sends the row held from the
+        // previous one and all its own but the last.
+        let mut batch = chunk;
+        if let Some(last) = batch.pop() {
+            batch.splice(0..0, held.replace(last));
+        }
+        rows += batch.len() as u64;
+        let sent_key = batch.last().map(key_of);
+        // Events are built on another worker while the next chunk is fetched and this loop goes on.
+        let sending = tokio::spawn(send_rows(
+            snapshot.events.clone(),
+            snapshot.producer.clone(),
+            table.clone(),
+            batch,
+            snapshot.lsn,
+            ts_ms,
+        ));
+        in_flight.push_back(InFlight {
+            sending,
             sent_key,
             rows,
-        }) {
+        });
+        // Progress is recorded in chunk order, so a resume never skips a chunk still in flight.
+        if in_flight.len() > CHUNKS_IN_FLIGHT
+            && let Some(chunk) = in_flight.pop_front()
+        {
             settle(chunk, &name, !key_positions.is_empty(), &progress, save).await?;
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
@@ -260,11 +289,8 @@ where
             let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-3);
             tracing::info!(table = %name, rows, estimate, rows_per_second = rate as u64, "snapshot progress");
         }
-        if key_positions.is_empty() || fetched < snapshot.chunk_rows {
-            break;
-        }
     }
-    if let Some(chunk) = in_flight.take() {
+    while let Some(chunk) = in_flight.pop_front() {
         settle(chunk, &name, !key_positions.is_empty(), &progress, save).await?;
     }
     client
@@ -280,15 +306,32 @@ where
         }
     }
     tracing::info!(table = %name, rows = rows + u64::from(held.is_some()), "snapshot of table read");
-    Ok(held.map(|values| HeldRow {
-        table: name,
-        values,
-    }))
+    Ok(held.map(|row| HeldRow { table: name, row }))
 }
 
-/// A chunk sent to Kafka whose acknowledgements are still arriving.
+/// The text of a row's column; `None` for NULL (and, defensively, for a column the row lacks).
+fn cell(row: &SimpleQueryRow, i: usize) -> Option<&str> {
+    row.try_get(i).ok().flatten()
+}
+
+/// Builds the events of `rows` and queues them to Kafka; yields their acknowledgements.
+async fn send_rows(
+    events: Arc<EventBuilder>,
+    producer: ChangeProducer,
+    table: TableSchema,
+    rows: Vec<SimpleQueryRow>,
+    lsn: u64,
+    ts_ms: i64,
+) -> FuturesUnordered<Delivery> {
+    let records = rows
+        .iter()
+        .map(|row| events.snapshot_row(&table, |i| cell(row, i), lsn, ts_ms, false));
+    send_all(&producer, records).collect()
+}
+
+/// A chunk on its way to Kafka: its events being built, or their acknowledgements arriving.
 struct InFlight {
-    deliveries: FuturesUnordered<Delivery>,
+    sending: tokio::task::JoinHandle<FuturesUnordered<Delivery>>,
     /// Key of the chunk's last sent row.
     sent_key: Option<Vec<Option<String>>>,
     /// Rows of the table sent up to and including this chunk.
@@ -297,7 +340,7 @@ struct InFlight {
 
 /// Waits for a chunk's acknowledgements, then records it as done.
 async fn settle<F, Fut>(
-    mut chunk: InFlight,
+    chunk: InFlight,
     table: &str,
     resumable: bool,
     progress: &Mutex<SnapshotProgress>,
@@ -307,7 +350,11 @@ where
     F: Fn(SnapshotProgress) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    while let Some(delivery) = chunk.deliveries.next().await {
+    let mut deliveries = chunk.sending.await.map_err(|e| SourceError::Table {
+        table: table.to_owned(),
+        message: format!("building snapshot events: {e}"),
+    })?;
+    while let Some(delivery) = deliveries.next().await {
         delivery?;
     }
     if resumable && chunk.sent_key.is_some() {

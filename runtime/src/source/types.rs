@@ -14,6 +14,8 @@
 //! the choice made instead is noted where it is made. Text a typed conversion cannot parse is
 //! passed through as a JSON string rather than failing the stream.
 
+use std::io::Write as _;
+
 use serde_json::{Value, json};
 
 /// Debezium `decimal.handling.mode`.
@@ -92,6 +94,107 @@ pub fn value(ty: &ColumnType, text: &str, opts: &TypeOptions) -> Value {
         .unwrap_or_else(|| Value::String(text.to_owned()))
 }
 
+/// One column type's mapping under the pipeline's options, worked out once per column rather than
+/// per value: events are written straight from it.
+#[derive(Debug, Clone)]
+pub struct Converter(Mapping);
+
+impl Converter {
+    pub fn new(ty: &ColumnType, opts: &TypeOptions) -> Self {
+        Self(Mapping::of(ty, ty.typmod, opts))
+    }
+
+    /// Appends the JSON of [`value`] to `out`, without building a [`Value`] for the common types.
+    pub fn write_json(&self, text: &str, out: &mut Vec<u8>) {
+        if !self.write_common(text, out) {
+            let value = self
+                .0
+                .value(text)
+                .unwrap_or_else(|| Value::String(text.to_owned()));
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(out, &value);
+        }
+    }
+
+    /// Writes the types most tables are made of; false (and nothing written) for the others and for
+    /// text the type's parser rejects.
+    fn write_common(&self, text: &str, out: &mut Vec<u8>) -> bool {
+        // Writing into a Vec cannot fail, hence the ignored results.
+        match &self.0 {
+            Mapping::Boolean if text == "t" => out.extend_from_slice(b"true"),
+            Mapping::Boolean if text == "f" => out.extend_from_slice(b"false"),
+            Mapping::Int16 | Mapping::Int32 | Mapping::Int64 => {
+                let parsed = match &self.0 {
+                    Mapping::Int16 => text.parse::<i16>().map(i64::from),
+                    Mapping::Int32 => text.parse::<i32>().map(i64::from),
+                    _ => text.parse::<i64>(),
+                };
+                let Ok(n) = parsed else { return false };
+                let _ = write!(out, "{n}");
+            }
+            Mapping::Text(_) => {
+                let _ = serde_json::to_writer(out, text);
+            }
+            Mapping::Date(_) => {
+                let Some(days) = epoch_days(text) else {
+                    return false;
+                };
+                let _ = write!(out, "{days}");
+            }
+            Mapping::Numeric {
+                typmod: Some(typmod),
+                mode: DecimalHandlingMode::Precise,
+            } => {
+                let Some(unscaled) = small_unscaled(text, typmod.scale) else {
+                    return false;
+                };
+                out.push(b'"');
+                base64_into(&twos_complement(unscaled), BASE64_STANDARD, out);
+                out.push(b'"');
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The unscaled value of a `numeric` printed with at most `scale` fraction digits, when it fits an
+/// i128 (38 digits); `None` sends the value down the general path.
+fn small_unscaled(text: &str, scale: i32) -> Option<i128> {
+    let scale = usize::try_from(scale).ok()?;
+    let (negative, magnitude) = match text.strip_prefix('-') {
+        Some(magnitude) => (true, magnitude),
+        None => (false, text),
+    };
+    let (whole, fraction) = magnitude.split_once('.').unwrap_or((magnitude, ""));
+    if whole.len() + scale > 38 || fraction.len() > scale || whole.len() + fraction.len() == 0 {
+        return None;
+    }
+    let mut unscaled: i128 = 0;
+    for byte in whole.bytes().chain(fraction.bytes()) {
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        unscaled = unscaled * 10 + i128::from(byte - b'0');
+    }
+    unscaled *= 10i128.pow((scale - fraction.len()) as u32);
+    Some(if negative { -unscaled } else { unscaled })
+}
+
+/// `BigInteger.toByteArray()`: minimal big-endian two's complement.
+fn twos_complement(value: i128) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let mut start = 0;
+    // A leading byte is redundant when it only repeats the sign the next byte already carries.
+    while start + 1 < bytes.len()
+        && ((bytes[start] == 0 && bytes[start + 1] & 0x80 == 0)
+            || (bytes[start] == 0xff && bytes[start + 1] & 0x80 != 0))
+    {
+        start += 1;
+    }
+    bytes[start..].to_vec()
+}
+
 /// The Kafka Connect schema of a field of this type, as Debezium's JsonConverter writes it with
 /// `schemas.enable=true`, e.g.
 /// `{"type":"int32","optional":false,"name":"io.debezium.time.Date","version":1,"field":"date"}`.
@@ -146,6 +249,7 @@ const DATE_POSITIVE_INFINITY: i32 = -2_147_472_692;
 const DATE_NEGATIVE_INFINITY: i32 = -2_147_472_691;
 
 /// How one PostgreSQL type is represented, with the options already applied.
+#[derive(Debug, Clone)]
 enum Mapping {
     Boolean,
     /// `bit(1)`/`varbit(1)`, which Debezium reads as a boolean.
@@ -187,7 +291,7 @@ enum Mapping {
     },
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct NumericTypmod {
     precision: i32,
     scale: i32,
@@ -195,7 +299,7 @@ struct NumericTypmod {
 
 /// A time or timestamp Connect type: its schema name, and whether it counts milliseconds rather
 /// than microseconds.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Temporal {
     name: &'static str,
     millis: bool,
@@ -767,20 +871,24 @@ const BASE64_URL_SAFE: &[u8; 64] =
 
 /// Padded base64, as both `java.util.Base64` encoders and JsonConverter (for bytes) write it.
 fn base64(bytes: &[u8], alphabet: &[u8; 64]) -> String {
-    let mut encoded = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    let mut encoded = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    base64_into(bytes, alphabet, &mut encoded);
+    encoded.into_iter().map(char::from).collect()
+}
+
+fn base64_into(bytes: &[u8], alphabet: &[u8; 64], out: &mut Vec<u8>) {
     for chunk in bytes.chunks(3) {
         let group = chunk.iter().enumerate().fold(0u32, |acc, (i, byte)| {
             acc | u32::from(*byte) << (16 - 8 * i)
         });
         for i in 0..4 {
             if i <= chunk.len() {
-                encoded.push(char::from(alphabet[(group >> (18 - 6 * i)) as usize & 63]));
+                out.push(alphabet[(group >> (18 - 6 * i)) as usize & 63]);
             } else {
-                encoded.push('=');
+                out.push(b'=');
             }
         }
     }
-    encoded
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1428,6 +1536,77 @@ mod tests {
             schema(&float8, "d", true, &defaults),
             json!({"type": "float64", "optional": true, "field": "d"})
         );
+    }
+
+    #[test]
+    fn written_json_is_the_json_of_the_value() {
+        let types = [
+            ty(BOOL, -1, "boolean", 'B'),
+            ty(INT2, -1, "smallint", 'N'),
+            ty(INT4, -1, "integer", 'N'),
+            ty(INT8, -1, "bigint", 'N'),
+            ty(25, -1, "text", 'S'),
+            ty(DATE, -1, "date", 'D'),
+            numeric(10, 2),
+            numeric(38, 0),
+            numeric(38, 4),
+            ty(NUMERIC, -1, "numeric", 'N'),
+        ];
+        let texts = [
+            "t",
+            "f",
+            "x",
+            "0",
+            "-0",
+            "1",
+            "127",
+            "128",
+            "-128",
+            "-129",
+            "32768",
+            "-2147483649",
+            "9223372036854775807",
+            "1.5",
+            "-0.00",
+            "12345678.99",
+            "-12345678.99",
+            "0.005",
+            "1e5",
+            "99999999999999999999999999999999999999",
+            "-99999999999999999999999999999999999999",
+            "999999999999999999999999999999999999999",
+            "1234567890123456789012345678901234.5678",
+            "NaN",
+            "Infinity",
+            "",
+            "-",
+            ".",
+            "2019-12-09",
+            "infinity",
+            "-infinity",
+            "0044-03-15 BC",
+            "quote \" backslash \\ tab \t ü \u{1}",
+        ];
+        for opts in [
+            TypeOptions::default(),
+            with_decimal(DecimalHandlingMode::Double),
+            with_decimal(DecimalHandlingMode::String),
+        ] {
+            for ty in &types {
+                let converter = Converter::new(ty, &opts);
+                for text in texts {
+                    let mut written = Vec::new();
+                    converter.write_json(text, &mut written);
+                    let expected = serde_json::to_vec(&value(ty, text, &opts)).unwrap();
+                    assert_eq!(
+                        String::from_utf8_lossy(&written),
+                        String::from_utf8_lossy(&expected),
+                        "{} {text:?}",
+                        ty.name
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use weir_tests::TestPipeline;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc; // as the weir binary
+
 const INSERTS: i64 = 600_000;
 const UPDATES: i64 = 300_000;
 const DELETES: i64 = 100_000;
@@ -181,6 +184,12 @@ async fn main() -> Result<()> {
     println!(
         "  peak RSS snapshotting {small_rows} rows instead  {} MiB (memory does not follow table size)",
         small_peak_kib / 1024
+    );
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    println!(
+        "goals (issue 3): capture ≥ 0.8× pg_recvlogical and ≥ 100,000 changes/s: {}; snapshot ≥ 250,000 rows/s: {}",
+        verdict(weir_rate >= 0.8 * recvlogical_rate && weir_rate >= 100_000.0),
+        verdict(snapshot_rate >= 250_000.0)
     );
     Ok(())
 }

@@ -75,6 +75,17 @@ fn log(t: &TestPipeline) -> String {
     std::fs::read_to_string(t.dir.path().join("weir.log")).unwrap_or_default()
 }
 
+/// The number logged as `field=…` on the first log line with `message`.
+fn logged_number(log: &str, message: &str, field: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let value = line.split(&format!(" {field}=")).nth(1)?;
+    value
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn events(t: &TestPipeline, table: &str) -> Result<Vec<Value>> {
     Ok(
         read_topic(&t.services.kafka, &format!("{}.{table}", t.name))?
@@ -113,6 +124,16 @@ async fn a_snapshot_killed_midway_resumes_and_the_topic_converges_to_the_table()
     let mut weir = start_weir(&t, &[])?;
     wait_for_progress(&t, "last_key").await?;
     kill_9(&mut weir).await?;
+    // Progress is shown as rows done of the planner's estimate, and the rate.
+    let progress = log(&t);
+    let estimate = logged_number(&progress, "snapshot progress", "estimate")
+        .with_context(|| format!("no snapshot progress logged:\n{progress}"))?;
+    ensure!(
+        estimate > ROWS as u64 / 2 && estimate < ROWS as u64 * 2,
+        "estimate {estimate} for {ROWS} rows"
+    );
+    ensure!(logged_number(&progress, "snapshot progress", "rows").is_some());
+    ensure!(logged_number(&progress, "snapshot progress", "rows_per_second").is_some());
 
     // Changes while weir is down, on both sides of where the snapshot stopped.
     t.db.batch_execute(
@@ -176,7 +197,11 @@ async fn capture_killed_while_streaming_loses_nothing_and_repeats_only_identical
         "CREATE SCHEMA shop; CREATE TABLE shop.events (id int PRIMARY KEY, version int);",
     )
     .await?;
-    capture_pipeline(&t, "shop\\\\.events", "snapshot_mode = \"never\"")?;
+    capture_pipeline(
+        &t,
+        "shop\\\\.events",
+        "snapshot_mode = \"never\"\nheartbeat_interval_ms = 200",
+    )?;
     let mut weir = start_weir(&t, &[])?;
     // A slot being created is listed before it reaches its consistent point, and commits before
     // that point are not its to stream; weir records the snapshot mode's outcome only afterwards.
@@ -239,6 +264,12 @@ async fn capture_killed_while_streaming_loses_nothing_and_repeats_only_identical
             assert_eq!(earlier["op"], e["op"]);
         }
     }
+    // Heartbeats report how much WAL the slot holds back.
+    ensure!(
+        logged_number(&log(&t), "replication slot lag", "lag_bytes").is_some(),
+        "no slot lag reported:\n{}",
+        log(&t)
+    );
     let missing: Vec<_> = expected.difference(&seen).take(5).collect();
     let unexpected: Vec<_> = seen.difference(&expected).take(5).collect();
     assert!(

@@ -27,6 +27,9 @@ use crate::transport::ChangeProducer;
 /// server, the event builders and the broker busy together; memory holds this many chunks more.
 const CHUNKS_IN_FLIGHT: usize = 3;
 
+/// How often a table's snapshot progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// How far a snapshot got, per `schema.table`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(super) struct SnapshotProgress {
@@ -163,14 +166,7 @@ where
         ))
         .await
         .map_err(pg(format!("starting the snapshot of {name}")))?;
-    let estimate: i64 = client
-        .query_one(
-            "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
-            &[&table.quoted()],
-        )
-        .await
-        .map_err(pg(format!("estimating the size of {name}")))?
-        .get(0);
+    let estimate = estimate_rows(&client, &table).await?;
 
     let key_positions: Vec<usize> = table
         .columns()
@@ -235,8 +231,10 @@ where
     };
     let mut held: Option<SimpleQueryRow> = None;
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(CHUNKS_IN_FLIGHT + 1);
-    let mut last_report = Instant::now();
+    let rows_before = rows;
     let started = Instant::now();
+    // The first report comes with the first chunk, then one every few seconds.
+    let mut last_report: Option<Instant> = None;
     let mut next_chunk = Some(fetch(chunk_query(last_key.as_ref())));
     while let Some(chunk) = next_chunk.take() {
         let messages = chunk.await.map_err(|e| SourceError::Postgres {
@@ -284,10 +282,15 @@ where
         {
             settle(chunk, &name, !key_positions.is_empty(), &progress, save).await?;
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = Instant::now();
-            let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            tracing::info!(table = %name, rows, estimate, rows_per_second = rate as u64, "snapshot progress");
+        if last_report.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
+            last_report = Some(Instant::now());
+            let rate = (rows - rows_before) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let percent = if estimate > 0 {
+                (rows as f64 * 100.0 / estimate as f64).min(100.0) as u64
+            } else {
+                0
+            };
+            tracing::info!(table = %name, rows, estimate, percent, rows_per_second = rate as u64, "snapshot progress");
         }
     }
     while let Some(chunk) = in_flight.pop_front() {
@@ -307,6 +310,27 @@ where
     }
     tracing::info!(table = %name, rows = rows + u64::from(held.is_some()), "snapshot of table read");
     Ok(held.map(|row| HeldRow { table: name, row }))
+}
+
+/// The planner's row count estimate for `table`, which it makes from the table's size even before
+/// the first ANALYZE (when `pg_class.reltuples` is still unknown). Progress only: 0 if unreadable.
+async fn estimate_rows(client: &tokio_postgres::Client, table: &TableSchema) -> Result<u64> {
+    let name = table.qualified();
+    let messages = client
+        .simple_query(&format!(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}",
+            table.quoted()
+        ))
+        .await
+        .map_err(pg(format!("estimating the size of {name}")))?;
+    let plan = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => cell(row, 0),
+        _ => None,
+    });
+    Ok(plan
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .and_then(|plan| plan[0]["Plan"]["Plan Rows"].as_f64())
+        .map_or(0, |rows| rows as u64))
 }
 
 /// The text of a row's column; `None` for NULL (and, defensively, for a column the row lacks).

@@ -213,6 +213,9 @@ pub struct WasmLimits {
     pub memory_limit_bytes: usize,
     pub timeout_ms: u64,
     pub fuel: Option<u64>,
+    /// Whether guests read the real clocks; otherwise they read a clock stopped at the Unix epoch,
+    /// so that a transform's output depends on its input alone.
+    pub allow_clocks: bool,
 }
 
 // ---- the file as written ----
@@ -384,6 +387,8 @@ struct RawWasm {
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     fuel: Option<u64>,
+    #[serde(default)]
+    allow_clocks: bool,
 }
 
 impl Default for RawWasm {
@@ -392,6 +397,7 @@ impl Default for RawWasm {
             memory_limit_mb: default_memory_mb(),
             timeout_ms: default_timeout_ms(),
             fuel: None,
+            allow_clocks: false,
         }
     }
 }
@@ -577,6 +583,7 @@ impl Pipeline {
                 memory_limit_bytes: raw.wasm.memory_limit_mb.saturating_mul(1 << 20),
                 timeout_ms: raw.wasm.timeout_ms,
                 fuel: raw.wasm.fuel,
+                allow_clocks: raw.wasm.allow_clocks,
             },
             state_location,
             name,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::WasmLimits;
 
@@ -48,6 +48,16 @@ pub enum WasmError {
         component: PathBuf,
         world: &'static str,
         message: String,
+    },
+    #[error(
+        "component {component} was built against weir:transform@{found}, but this weir implements \
+         weir:transform@{supported}: rebuild it against the WIT in weir's wit/ folder (or its SDK, \
+         weir-guest) of this version"
+    )]
+    IncompatibleContract {
+        component: PathBuf,
+        found: String,
+        supported: &'static str,
     },
     #[error("{stage} component {component} rejected its configuration: {message}")]
     Configure {
@@ -145,6 +155,7 @@ impl WasmHost {
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
         let component =
             Component::new(&self.engine, &bytes).map_err(|e| load_err(format!("{e:#}")))?;
+        check_contract_version(&component, &self.engine, path)?;
         let mut linker: Linker<GuestState> = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_err(e.to_string()))?;
         let wrong = |e: wasmtime::Error| WasmError::WrongWorld {
@@ -171,6 +182,48 @@ impl WasmHost {
             path: path.to_owned(),
             pre,
         })
+    }
+}
+
+/// The `weir:transform` version this host implements, as `wit/` declares it.
+pub fn contract_version() -> &'static str {
+    include_str!("../../wit/weir-transform.wit")
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("package weir:transform@"))
+        .map_or("unknown", |version| version.trim_end_matches(';'))
+}
+
+/// Refuses a component whose `weir:transform` imports are of a version this host cannot serve,
+/// before linking would fail with a less telling "no matching implementation".
+fn check_contract_version(component: &Component, engine: &Engine, path: &Path) -> Result<()> {
+    let supported = contract_version();
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        let Some(interface) = name.strip_prefix("weir:transform/") else {
+            continue;
+        };
+        let found = interface.split_once('@').map_or("(none)", |(_, v)| v);
+        if !semver_compatible(found, supported) {
+            return Err(WasmError::IncompatibleContract {
+                component: path.to_owned(),
+                found: found.to_owned(),
+                supported,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Cargo's rule: the same major version, or for 0.x the same minor.
+fn semver_compatible(a: &str, b: &str) -> bool {
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(a), parts(b)) {
+        (Some((0, a_minor)), Some((0, b_minor))) => a_minor == b_minor,
+        (Some((a_major, _)), Some((b_major, _))) => a_major == b_major,
+        _ => false,
     }
 }
 
@@ -292,23 +345,32 @@ fn describe_trap(trap: &wasmtime::Error, limits: WasmLimits) -> String {
             format!("ran out of fuel ({} units)", limits.fuel.unwrap_or(0))
         }
         _ => {
-            let text = format!("{trap:#}");
-            if text.contains("memory") && text.contains("limit") || text.contains("memory.grow") {
+            // The cause alone: the wasm backtrace that wraps it means nothing to a pipeline's owner.
+            let cause = trap.root_cause().to_string();
+            tracing::debug!(trap = format!("{trap:#}"), "guest trap");
+            if cause.contains("growing memory") || cause.contains("memory.grow") {
                 format!(
-                    "hit the memory limit of {} MiB: {text}",
+                    "hit the memory limit of {} MiB ({cause})",
                     limits.memory_limit_bytes >> 20
                 )
             } else {
-                format!("trapped: {text}")
+                format!("trapped: {cause}")
             }
         }
     }
 }
 
 fn new_store(engine: &Engine, limits: WasmLimits, path: &Path) -> Store<GuestState> {
+    // Nothing inherited: no preopened folders, no environment, no arguments, no network.
+    let mut wasi = WasiCtx::builder();
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if !limits.allow_clocks {
+        wasi.wall_clock(StoppedClock).monotonic_clock(StoppedClock);
+    }
     let state = GuestState {
-        // Nothing inherited: no preopened folders, no environment, no arguments, no network.
-        wasi: WasiCtx::builder().build(),
+        wasi: wasi.build(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new()
             .memory_size(limits.memory_limit_bytes)
@@ -322,6 +384,28 @@ fn new_store(engine: &Engine, limits: WasmLimits, path: &Path) -> Store<GuestSta
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_trap();
     store
+}
+
+/// The clocks a guest reads unless the pipeline allows real ones: always the Unix epoch (and 0 on
+/// the monotonic clock).
+struct StoppedClock;
+
+impl HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
 }
 
 struct GuestState {
@@ -376,4 +460,19 @@ pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError>
     let schema = reader.schema();
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
     arrow::compute::concat_batches(&schema, &batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_versions_are_compatible_as_cargo_says() {
+        assert_eq!(contract_version(), "0.1.0");
+        assert!(semver_compatible("0.1.0", "0.1.3"));
+        assert!(!semver_compatible("0.2.0", "0.1.0"));
+        assert!(semver_compatible("1.2.0", "1.0.0"));
+        assert!(!semver_compatible("2.0.0", "1.0.0"));
+        assert!(!semver_compatible("(none)", "0.1.0"));
+    }
 }

@@ -3,11 +3,23 @@
 //! Each function reads one cell: `Ok(None)` is a null (blank text counts as null), `Err` says what
 //! was wrong with the value; the caller adds the row and column.
 
+use std::borrow::Cow;
+
 use weir_guest::columns::Value;
 use weir_guest::decimal;
 
-/// Text with leading and trailing whitespace removed and inner runs collapsed to one space.
-pub fn normalize_whitespace(text: &str) -> String {
+/// Text with leading and trailing whitespace removed and inner runs collapsed to one space; borrowed
+/// when the text is already so, which it nearly always is.
+pub fn normalize_whitespace(text: &str) -> Cow<'_, str> {
+    let mut previous_space = true; // a leading space needs work too
+    let tidy = text.chars().all(|c| {
+        let ok = !c.is_whitespace() || (c == ' ' && !previous_space);
+        previous_space = c == ' ';
+        ok
+    }) && !text.ends_with(' ');
+    if tidy {
+        return Cow::Borrowed(text);
+    }
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {
@@ -15,20 +27,20 @@ pub fn normalize_whitespace(text: &str) -> String {
         }
         out.push_str(word);
     }
-    out
+    Cow::Owned(out)
 }
 
 /// A text column; numbers (a code that JSON inference saw as a number) are written out as text.
-pub fn text(value: Value<'_>) -> Result<Option<String>, String> {
+pub fn text(value: Value<'_>) -> Result<Option<Cow<'_, str>>, String> {
     match value {
         Value::Null => Ok(None),
         Value::Str(s) => Ok(Some(normalize_whitespace(s))),
-        Value::Int(i) => Ok(Some(i.to_string())),
-        Value::Float(x) if x.is_finite() => Ok(Some(match exact_integer(x) {
+        Value::Int(i) => Ok(Some(Cow::Owned(i.to_string()))),
+        Value::Float(x) if x.is_finite() => Ok(Some(Cow::Owned(match exact_integer(x) {
             Some(i) => i.to_string(),
             None => x.to_string(),
-        })),
-        Value::Decimal { .. } | Value::Bool(_) => Ok(Some(value.to_string())),
+        }))),
+        Value::Decimal { .. } | Value::Bool(_) => Ok(Some(Cow::Owned(value.to_string()))),
         other => Err(format!("`{other}` is not text")),
     }
 }

@@ -10,12 +10,13 @@ use arrow::record_batch::RecordBatch;
 use crate::{Result, TransformError};
 
 /// Decodes a stream into one batch: several batches are concatenated, and a stream holding only
-/// a schema gives an empty batch of that schema.
-pub fn decode(bytes: &[u8]) -> Result<RecordBatch> {
+/// a schema gives an empty batch of that schema. Owned bytes (`Vec<u8>`) are decoded in place;
+/// borrowed ones are copied first.
+pub fn decode(bytes: impl Into<Buffer>) -> Result<RecordBatch> {
     let invalid = |e: ArrowError| TransformError::new(format!("invalid Arrow IPC stream: {e}"));
     // The push decoder only buffers bytes it was given, so a corrupt length cannot make it
-    // allocate more than the input; the copy also aligns the buffers for zero-copy arrays.
-    let mut buffer = Buffer::from(bytes);
+    // allocate more than the input; arrays then point into the buffer (misaligned ones are copied).
+    let mut buffer: Buffer = bytes.into();
     let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
     while !buffer.is_empty() {
@@ -60,7 +61,7 @@ mod tests {
     #[test]
     fn a_batch_survives_the_round_trip() -> Result<()> {
         let original = batch(&[1, 2, 3]);
-        assert_eq!(decode(&encode(&original)?)?, original);
+        assert_eq!(decode(encode(&original)?)?, original);
         Ok(())
     }
 
@@ -71,7 +72,7 @@ mod tests {
         writer.write(&first)?;
         writer.write(&batch(&[3]))?;
         writer.finish()?;
-        let decoded = decode(&writer.into_inner()?)?;
+        let decoded = decode(writer.into_inner()?)?;
         assert_eq!(decoded, batch(&[1, 2, 3]));
         Ok(())
     }
@@ -81,7 +82,7 @@ mod tests {
         let schema = batch(&[]).schema();
         let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
         writer.finish()?;
-        let decoded = decode(&writer.into_inner()?)?;
+        let decoded = decode(writer.into_inner()?)?;
         assert_eq!(decoded.num_rows(), 0);
         assert_eq!(decoded.schema(), schema);
         Ok(())

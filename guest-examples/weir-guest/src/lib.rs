@@ -84,7 +84,7 @@ macro_rules! export_row_transform {
                     batch: ::std::vec::Vec<u8>,
                 ) -> ::core::result::Result<::std::vec::Vec<u8>, __weir_world::TransformError>
                 {
-                    $crate::__private::transform_bytes::<$ty>(&batch)
+                    $crate::__private::transform_bytes::<$ty>(batch)
                         .map_err(::core::convert::Into::into)
                 }
             }
@@ -123,7 +123,7 @@ macro_rules! export_aggregate {
                     batch: ::std::vec::Vec<u8>,
                 ) -> ::core::result::Result<::std::vec::Vec<u8>, __weir_world::TransformError>
                 {
-                    $crate::__private::aggregate_bytes::<$ty>(&batch)
+                    $crate::__private::aggregate_bytes::<$ty>(batch)
                         .map_err(::core::convert::Into::into)
                 }
             }
@@ -182,20 +182,23 @@ pub mod __private {
         Ok(())
     }
 
-    pub fn transform_bytes<T: RowTransform>(batch: &[u8]) -> Result<Vec<u8>> {
+    pub fn transform_bytes<T: RowTransform>(batch: Vec<u8>) -> Result<Vec<u8>> {
         with_instance(|layer: &T| apply_row_transform(layer, batch))
     }
 
-    pub fn aggregate_bytes<T: Aggregate>(batch: &[u8]) -> Result<Vec<u8>> {
+    pub fn aggregate_bytes<T: Aggregate>(batch: Vec<u8>) -> Result<Vec<u8>> {
         with_instance(|layer: &T| apply_aggregate(layer, batch))
     }
 
-    pub(crate) fn apply_row_transform<T: RowTransform>(layer: &T, batch: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn apply_row_transform<T: RowTransform>(
+        layer: &T,
+        batch: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let output = layer.transform(ipc::decode(batch)?)?;
         ipc::encode(&output)
     }
 
-    pub(crate) fn apply_aggregate<T: Aggregate>(layer: &T, batch: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn apply_aggregate<T: Aggregate>(layer: &T, batch: Vec<u8>) -> Result<Vec<u8>> {
         let output = layer.aggregate(ipc::decode(batch)?)?;
         ipc::encode(&output)
     }

@@ -12,13 +12,13 @@ pub fn run_row_transform<T: RowTransform>(
     batch: &RecordBatch,
 ) -> Result<RecordBatch> {
     let layer = T::configure(config_json)?;
-    ipc::decode(&apply_row_transform(&layer, &ipc::encode(batch)?)?)
+    ipc::decode(apply_row_transform(&layer, ipc::encode(batch)?)?)
 }
 
 /// Configures `T` with `config_json` and aggregates `batch`.
 pub fn run_aggregate<T: Aggregate>(config_json: &str, batch: &RecordBatch) -> Result<RecordBatch> {
     let layer = T::configure(config_json)?;
-    ipc::decode(&apply_aggregate(&layer, &ipc::encode(batch)?)?)
+    ipc::decode(apply_aggregate(&layer, ipc::encode(batch)?)?)
 }
 
 #[cfg(test)]
@@ -83,6 +83,6 @@ mod tests {
 
     #[test]
     fn transform_before_configure_is_an_error() {
-        assert!(crate::__private::transform_bytes::<AtLeast>(&[]).is_err());
+        assert!(crate::__private::transform_bytes::<AtLeast>(Vec::new()).is_err());
     }
 }

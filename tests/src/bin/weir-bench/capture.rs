@@ -1,4 +1,4 @@
-//! `weir-bench capture`: capture throughput next to `pg_recvlogical`, and snapshot throughput next
+//! Capture throughput next to `pg_recvlogical`, and snapshot throughput next
 //! to `COPY … TO STDOUT`, on the same data in one run (see `scripts/bench`).
 //!
 //! The workload is 1,000,000 changes in 1,000-row transactions: 600,000 inserts, 300,000 updates
@@ -13,20 +13,12 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use weir_tests::TestPipeline;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc; // as the weir binary
-
 const INSERTS: i64 = 600_000;
 const UPDATES: i64 = 300_000;
 const DELETES: i64 = 100_000;
 const TX_ROWS: i64 = 1_000;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
-    let what = std::env::args().nth(1).unwrap_or_else(|| "capture".into());
-    if what != "capture" {
-        bail!("usage: weir-bench capture");
-    }
+pub async fn run() -> Result<()> {
     let t = TestPipeline::new("bench").await?;
     t.db.batch_execute(
         "CREATE SCHEMA bench;

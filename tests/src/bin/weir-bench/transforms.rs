@@ -1,0 +1,210 @@
+//! The bronze layer's cost in the sandbox: `bronze-cleanup` as a Wasm component (Arrow IPC across
+//! the boundary, as a pipeline runs it) next to the same Rust function called natively, on
+//! 1,000,000 landing rows in batches of 10,000; then instantiation time and the per-call overhead of
+//! an empty batch.
+//!
+//! The rows are Debezium events as weir emits them for the onlineshop table (decimals as strings,
+//! as `pipelines/onlineshop.toml` sets), built from the quickstart's CSV: 60% inserts, 30% updates
+//! (with their before image) and 10% deletes (key only), flattened by the landing stage's own code.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arrow::array::RecordBatch;
+use serde_json::{Value, json};
+use weir::config::WasmLimits;
+use weir::wasm::{WasmHost, World};
+use weir_tests::repo_root;
+
+const ROWS: usize = 1_000_000;
+const BATCH_ROWS: usize = 10_000;
+const EMPTY_CALLS: u32 = 1_000;
+
+pub fn run() -> Result<()> {
+    println!("building {ROWS} landing rows in batches of {BATCH_ROWS}…");
+    let batches = landing_batches()?;
+    let component =
+        repo_root().join("guest-examples/target/wasm32-wasip2/release/bronze_cleanup.wasm");
+
+    // Native: the component's own crate, linked into this binary.
+    let started = Instant::now();
+    let mut native_rows = 0;
+    for batch in &batches {
+        let out = bronze_cleanup::cleanup(batch).map_err(|e| anyhow::anyhow!("native: {e:?}"))?;
+        native_rows += out.num_rows();
+    }
+    let native = started.elapsed();
+
+    // Wasm: one engine, one instance, one call per batch, as a pipeline's bronze stage.
+    let limits = WasmLimits {
+        memory_limit_bytes: 256 << 20,
+        timeout_ms: 10_000,
+        fuel: None,
+        allow_clocks: false,
+    };
+    let (load, instantiate, mut transform) = {
+        let host = WasmHost::new(limits)?;
+        let started = Instant::now();
+        let loaded = host.load(&component, World::RowTransform)?;
+        let load = started.elapsed();
+        let started = Instant::now();
+        let transform = loaded.instantiate("bronze", &json!({}))?;
+        (load, started.elapsed(), transform)
+    };
+    let started = Instant::now();
+    let mut wasm_rows = 0;
+    for (i, batch) in batches.iter().enumerate() {
+        wasm_rows += transform.call(batch, &format!("batch {i}"))?.num_rows();
+    }
+    let wasm = started.elapsed();
+    if wasm_rows != native_rows {
+        bail!("the component returned {wasm_rows} rows, the native function {native_rows}");
+    }
+
+    // The host's share of the boundary: encoding inputs and decoding outputs as IPC.
+    let started = Instant::now();
+    for batch in &batches {
+        let bytes = weir::wasm::encode_ipc(batch)?;
+        let back = weir::wasm::decode_ipc(&bytes)?;
+        std::hint::black_box(back);
+    }
+    let host_ipc = started.elapsed();
+
+    let empty = batches[0].slice(0, 0);
+    let started = Instant::now();
+    for _ in 0..EMPTY_CALLS {
+        transform.call(&empty, "empty")?;
+    }
+    let per_empty_call = started.elapsed() / EMPTY_CALLS;
+
+    let rate = |d: Duration| ROWS as f64 / d.as_secs_f64();
+    let ratio = wasm.as_secs_f64() / native.as_secs_f64();
+    println!(
+        "\nbronze-cleanup on {ROWS} change rows ({} batches)",
+        batches.len()
+    );
+    println!(
+        "  native Rust function               {:7.2} s  {:>10.0} rows/s",
+        native.as_secs_f64(),
+        rate(native)
+    );
+    println!(
+        "  Wasm component (IPC in and out)    {:7.2} s  {:>10.0} rows/s",
+        wasm.as_secs_f64(),
+        rate(wasm)
+    );
+    println!("  ratio Wasm time / native time      {ratio:.2}");
+    println!(
+        "  of which the host's IPC encode+decode of the inputs  {:7.2} s",
+        host_ipc.as_secs_f64()
+    );
+    println!(
+        "  loading the component              {:7.1} ms (compile, or the engine's disk cache)",
+        ms(load)
+    );
+    println!(
+        "  instantiating and configuring      {:7.2} ms",
+        ms(instantiate)
+    );
+    println!(
+        "  per call with an empty batch       {:7.1} µs",
+        per_empty_call.as_secs_f64() * 1e6
+    );
+    println!(
+        "goal (issue 4): Wasm ≤ 1.5× native time: {}",
+        if ratio <= 1.5 { "met" } else { "MISSED" }
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The landing batches: Debezium events flattened and batched by weir's landing stage.
+fn landing_batches() -> Result<Vec<RecordBatch>> {
+    let products = sample_rows(&repo_root().join("pipelines/onlineshop/onlineshop-sample.csv"))?;
+    let mut batches = Vec::new();
+    let mut rows = Vec::with_capacity(BATCH_ROWS);
+    for i in 0..ROWS {
+        let id = i as i64 + 1;
+        let product = &products[i % products.len()];
+        let after = || {
+            let mut image = product.clone();
+            image["id"] = json!(id);
+            image
+        };
+        let (op, before, after) = match i % 10 {
+            0..6 => ("c", Value::Null, after()),
+            6..9 => ("u", after(), after()),
+            _ => ("d", json!({"id": id}), Value::Null),
+        };
+        let lsn = 16_000_000 + id * 64;
+        let event = json!({
+            "before": before,
+            "after": after,
+            "source": {
+                "version": "weir-0.1.0", "connector": "postgresql", "name": "postgres",
+                "ts_ms": 1_706_320_010_879_i64 + id, "snapshot": "false", "db": "business",
+                "schema": "public", "table": "onlineshop", "txId": 37_557 + id / 1_000,
+                "lsn": lsn, "xmin": null, "commit_lsn": lsn,
+            },
+            "op": op,
+            "ts_ms": 1_706_320_010_884_i64 + id,
+            "transaction": null,
+        });
+        let key = format!("{{\"id\":{id}}}");
+        rows.push(
+            weir::landing::flatten_event(
+                event,
+                Some(key.as_bytes()),
+                "postgres.public.onlineshop",
+                0,
+                i as i64,
+                Some(1_706_320_010_900),
+            )
+            .map_err(|e| anyhow::anyhow!("flattening event {i}: {e}"))?,
+        );
+        if rows.len() == BATCH_ROWS {
+            batches.push(weir::landing::rows_to_batch(&rows).map_err(|e| anyhow::anyhow!(e))?);
+            rows.clear();
+        }
+    }
+    Ok(batches)
+}
+
+/// The quickstart CSV's rows as Debezium `after` images (text columns as text, price as a string).
+fn sample_rows(csv: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let [
+            transactionno,
+            date,
+            productno,
+            productname,
+            price,
+            quantity,
+            customerno,
+            country,
+        ] = f[..]
+        else {
+            continue; // quoted commas: skipped, the sample has enough plain rows
+        };
+        let quantity: i64 = quantity
+            .parse()
+            .with_context(|| format!("{}:{}: quantity {quantity:?}", csv.display(), n + 1))?;
+        rows.push(json!({
+            "transactionno": transactionno, "date": date, "productno": productno,
+            "productname": productname, "price": price, "quantity": quantity,
+            "customerno": customerno, "country": country,
+        }));
+    }
+    if rows.is_empty() {
+        bail!("no rows in {}", csv.display());
+    }
+    Ok(rows)
+}

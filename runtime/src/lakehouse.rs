@@ -78,6 +78,8 @@ pub struct LayerReport {
     pub commits: usize,
     pub dropped_by_expectations: usize,
     pub table_version: Option<u64>,
+    /// What the layer's component counted through `host.count` during the pass.
+    pub counters: BTreeMap<String, u64>,
 }
 
 impl LayerReport {
@@ -87,6 +89,9 @@ impl LayerReport {
         self.commits += other.commits;
         self.dropped_by_expectations += other.dropped_by_expectations;
         self.table_version = other.table_version.or(self.table_version);
+        for (name, n) in &other.counters {
+            *self.counters.entry(name.clone()).or_default() += n;
+        }
     }
 }
 
@@ -106,6 +111,10 @@ impl fmt::Display for LayerReport {
         }
         if let Some(v) = self.table_version {
             write!(f, ", table at version {v}")?;
+        }
+        for (i, (name, n)) in self.counters.iter().enumerate() {
+            let lead = if i == 0 { "; component counted " } else { ", " };
+            write!(f, "{lead}{name}={n}")?;
         }
         Ok(())
     }
@@ -144,22 +153,38 @@ impl Layers {
 
     /// One pass of bronze, silver and every gold table over whatever input is new.
     pub async fn run_once(&mut self, pipeline: &Pipeline) -> Result<Vec<(String, LayerReport)>> {
-        let mut out = vec![(
-            "bronze".to_owned(),
-            bronze_pass(pipeline, &mut self.bronze).await?,
-        )];
-        out.push((
-            "silver".to_owned(),
-            silver_pass(pipeline, &mut self.silver).await?,
-        ));
+        let counted = self.bronze.counters().clone();
+        let mut bronze = bronze_pass(pipeline, &mut self.bronze).await?;
+        bronze.counters = counted_since(&counted, self.bronze.counters());
+        let mut out = vec![("bronze".to_owned(), bronze)];
+        let counted = self.silver.counters().clone();
+        let mut silver = silver_pass(pipeline, &mut self.silver).await?;
+        silver.counters = counted_since(&counted, self.silver.counters());
+        out.push(("silver".to_owned(), silver));
         for (name, transform) in &mut self.gold {
-            out.push((
-                format!("gold.{name}"),
-                gold_pass(pipeline, name, transform).await?,
-            ));
+            let counted = transform.counters().clone();
+            let mut gold = gold_pass(pipeline, name, transform).await?;
+            gold.counters = counted_since(&counted, transform.counters());
+            out.push((format!("gold.{name}"), gold));
         }
         Ok(out)
     }
+}
+
+/// A component's counters now, less what they were at `before`.
+fn counted_since(
+    before: &BTreeMap<String, u64>,
+    now: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    now.iter()
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                n.saturating_sub(before.get(name).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn delta_err(stage: &str, table: &str) -> impl FnOnce(DeltaTableError) -> LakehouseError {
@@ -276,9 +301,13 @@ async fn bronze_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
         )
         .await?;
         report.rows_in += input.num_rows();
+        // Rows at or below the committed offset were skipped: the batch starts after it.
+        let first_offset = file
+            .first_offset
+            .max(done.get(&file.partition).copied().unwrap_or(-1) + 1);
         let label = format!(
-            "{} (offsets {}-{})",
-            file.path, file.first_offset, file.last_offset
+            "{} (partition {}, offsets {first_offset}-{})",
+            file.path, file.partition, file.last_offset
         );
         if input.num_rows() > 0 {
             let cleaned = transform.call(&input, &label)?;

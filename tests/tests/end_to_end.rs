@@ -4,6 +4,15 @@
 use anyhow::Result;
 use weir_tests::{TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source};
 
+fn counted(report: &weir::pipeline::RunReport, layer: &str, counter: &str) -> u64 {
+    report
+        .layers
+        .iter()
+        .find(|(name, _)| name == layer)
+        .and_then(|(_, r)| r.counters.get(counter).copied())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggered_runs_keep_silver_equal_to_source_and_gold_equal_to_group_by() -> Result<()> {
     let t = TestPipeline::new("e2e").await?;
@@ -16,6 +25,9 @@ async fn triggered_runs_keep_silver_equal_to_source_and_gold_equal_to_group_by()
     assert_eq!(report.capture.snapshot_rows, 1305, "{report}");
     assert_eq!(assert_silver_equals_source(&t, &pipeline).await?, 1305);
     assert!(assert_gold_equals_group_by(&t, &pipeline).await? > 0);
+    // What the components counted through the host reaches the run's report.
+    assert_eq!(counted(&report, "bronze", "rows"), 1305, "{report}");
+    assert_eq!(counted(&report, "silver", "rows"), 1305, "{report}");
 
     // Live changes, each statement its own transaction except the first: a row inserted and
     // deleted in one transaction, a row updated twice, an update of a grouping column, deletes by
@@ -45,6 +57,11 @@ async fn triggered_runs_keep_silver_equal_to_source_and_gold_equal_to_group_by()
     assert_eq!(report.capture.transactions, 6, "{report}");
     let rows = assert_silver_equals_source(&t, &pipeline).await?;
     assert!(rows < 1305, "deletes reached silver: {rows} rows");
+    // The short-lived row's insert and the first of row 10's updates gave way to later changes.
+    assert!(
+        counted(&report, "silver", "superseded_dropped") >= 2,
+        "{report}"
+    );
     assert_gold_equals_group_by(&t, &pipeline).await?;
 
     // Nothing new: a third run changes nothing and still agrees.

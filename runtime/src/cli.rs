@@ -47,7 +47,7 @@ enum Command {
     Query {
         /// The pipeline file.
         file: PathBuf,
-        /// The query, e.g. "SELECT * FROM gold_sales_report ORDER BY total_sales DESC LIMIT 10".
+        /// The query, e.g. "SELECT * FROM gold_sales_report ORDER BY total_sales_value DESC LIMIT 10".
         sql: String,
     },
 }

@@ -221,6 +221,13 @@ component = "{guests}/gold_aggregates.wasm"
 table = "{lake}/gold/sales_report"
 keys = ["productno"]
 count_column = "order_lines"
+
+[gold.daily_revenue_by_country]
+component = "{guests}/gold_aggregates.wasm"
+table = "{lake}/gold/daily_revenue_by_country"
+keys = ["date", "country"]
+count_column = "order_lines"
+config = {{ group_by = ["date", "country"] }}
 "#,
             name = self.name,
             url = self.services.pg_url(&self.name),
@@ -376,7 +383,7 @@ pub async fn assert_gold_equals_group_by(
 ) -> Result<usize> {
     let gold = weir::lakehouse::query(
         pipeline,
-        "SELECT productno, CAST(total_quantity AS VARCHAR) AS q, CAST(total_sales AS VARCHAR) AS s, \
+        "SELECT productno, CAST(total_quantity_sold AS VARCHAR) AS q, CAST(total_sales_value AS VARCHAR) AS s, \
          CAST(order_lines AS VARCHAR) AS n FROM gold_sales_report ORDER BY productno",
     )
     .await?;
@@ -388,6 +395,26 @@ pub async fn assert_gold_equals_group_by(
     )
     .await?;
     assert_same_rows("gold", &gold, "PostgreSQL GROUP BY", &source)?;
+
+    let daily = weir::lakehouse::query(
+        pipeline,
+        "SELECT CAST(date AS VARCHAR) AS d, country, CAST(total_sales_value AS VARCHAR) AS s, \
+         CAST(order_lines AS VARCHAR) AS n FROM gold_daily_revenue_by_country ORDER BY d, country",
+    )
+    .await?;
+    let daily = rows_as_text(&daily)?;
+    let daily_source = pg_rows(
+        &t.db,
+        "SELECT date::text AS d, country, sum(price * quantity)::text, count(*)::text \
+         FROM onlineshop GROUP BY date, country ORDER BY d, country COLLATE \"C\"",
+    )
+    .await?;
+    assert_same_rows(
+        "gold daily revenue",
+        &daily,
+        "PostgreSQL GROUP BY",
+        &daily_source,
+    )?;
     Ok(source.len())
 }
 

@@ -59,8 +59,8 @@ weir_guest::export_aggregate!(GoldAggregates);
 struct Delta {
     /// The first input row of the group, whose key values stand for the group.
     first_row: u32,
-    total_quantity: i64,
-    total_sales: i128,
+    total_quantity_sold: i64,
+    total_sales_value: i128,
     order_lines: i64,
 }
 
@@ -91,8 +91,8 @@ pub fn aggregate(batch: &RecordBatch, group_by: &[String]) -> Result<RecordBatch
         let delta = groups.entry(key).or_insert(Delta {
             first_row: u32::try_from(row)
                 .map_err(|_| TransformError::new("a batch of more than u32::MAX rows"))?,
-            total_quantity: 0,
-            total_sales: 0,
+            total_quantity_sold: 0,
+            total_sales_value: 0,
             order_lines: 0,
         });
         delta.order_lines = delta
@@ -104,18 +104,18 @@ pub fn aggregate(batch: &RecordBatch, group_by: &[String]) -> Result<RecordBatch
         };
         let lines = quantity
             .checked_mul(weight)
-            .ok_or_else(|| overflow("total_quantity"))?;
-        delta.total_quantity = delta
-            .total_quantity
+            .ok_or_else(|| overflow("total_quantity_sold"))?;
+        delta.total_quantity_sold = delta
+            .total_quantity_sold
             .checked_add(lines)
-            .ok_or_else(|| overflow("total_quantity"))?;
+            .ok_or_else(|| overflow("total_quantity_sold"))?;
         if let Some(price) = columns::get(&price, row) {
             let sales = price
                 .checked_mul(i128::from(lines))
-                .and_then(|sales| delta.total_sales.checked_add(sales))
+                .and_then(|sales| delta.total_sales_value.checked_add(sales))
                 .filter(|&total| decimal::fits(total, 38))
-                .ok_or_else(|| overflow("total_sales"))?;
-            delta.total_sales = sales;
+                .ok_or_else(|| overflow("total_sales_value"))?;
+            delta.total_sales_value = sales;
         }
     }
 
@@ -127,17 +127,17 @@ pub fn aggregate(batch: &RecordBatch, group_by: &[String]) -> Result<RecordBatch
         fields.push(Field::new(name, key.data_type().clone(), true));
         outputs.push(take(key, &first_rows, None)?);
     }
-    fields.push(Field::new("total_quantity", DataType::Int64, false));
+    fields.push(Field::new("total_quantity_sold", DataType::Int64, false));
     outputs.push(Arc::new(Int64Array::from_iter_values(
-        deltas.iter().map(|d| d.total_quantity),
+        deltas.iter().map(|d| d.total_quantity_sold),
     )));
     fields.push(Field::new(
-        "total_sales",
+        "total_sales_value",
         DataType::Decimal128(38, 2),
         false,
     ));
     outputs.push(Arc::new(
-        Decimal128Array::from_iter_values(deltas.iter().map(|d| d.total_sales))
+        Decimal128Array::from_iter_values(deltas.iter().map(|d| d.total_sales_value))
             .with_precision_and_scale(38, 2)?,
     ));
     fields.push(Field::new("order_lines", DataType::Int64, false));
@@ -201,7 +201,7 @@ mod tests {
         testing::run_aggregate::<GoldAggregates>(config, &silver(lines))
     }
 
-    /// (key, total_quantity, total_sales in hundredths, order_lines) per output row.
+    /// (key, total_quantity_sold, total_sales_value in hundredths, order_lines) per output row.
     fn totals(out: &RecordBatch) -> Vec<(String, i64, i128, i64)> {
         let key = out.column(0).as_string::<i32>();
         let quantity = out.column(1).as_primitive::<Int64Type>();
@@ -236,8 +236,8 @@ mod tests {
             described,
             [
                 ("productno", DataType::Utf8),
-                ("total_quantity", DataType::Int64),
-                ("total_sales", DataType::Decimal128(38, 2)),
+                ("total_quantity_sold", DataType::Int64),
+                ("total_sales_value", DataType::Decimal128(38, 2)),
                 ("order_lines", DataType::Int64),
             ]
         );
@@ -361,7 +361,7 @@ mod tests {
         )
         .err();
         assert!(
-            matches!(&error, Some(TransformError { row: Some(1), message }) if message.contains("total_quantity"))
+            matches!(&error, Some(TransformError { row: Some(1), message }) if message.contains("total_quantity_sold"))
         );
     }
 

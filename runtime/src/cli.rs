@@ -42,6 +42,10 @@ enum Command {
     Validate {
         /// The pipeline file.
         file: PathBuf,
+        /// Debezium events (a JSON array, or one per line) to run through every layer, checking
+        /// that each layer's output fits the next stage; nothing is written.
+        #[arg(long)]
+        sample: Option<PathBuf>,
     },
     /// Run SQL over the pipeline's Delta tables (`bronze`, `silver`, `gold_<name>`) and print the result.
     Query {
@@ -88,14 +92,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Validate { file } => {
+        Command::Validate { file, sample } => {
             let pipeline = Pipeline::load(&file)?;
             crate::pipeline::validate(&pipeline)?;
             println!(
-                "{}: valid ({} layers, components export the right worlds)",
+                "{}: valid ({} layers, components export the right worlds of weir:transform@{})",
                 file.display(),
-                pipeline.layers().len()
+                pipeline.layers().len(),
+                crate::wasm::contract_version()
             );
+            if let Some(sample) = sample {
+                let rows = crate::pipeline::validate_with_sample(&pipeline, &sample).await?;
+                let rows: Vec<String> = rows
+                    .iter()
+                    .map(|(layer, n)| format!("{layer} {n} rows"))
+                    .collect();
+                println!(
+                    "{}: ran through every layer, each output fits the next stage: {}",
+                    sample.display(),
+                    rows.join(", ")
+                );
+            }
             Ok(())
         }
         Command::Query { file, sql } => {

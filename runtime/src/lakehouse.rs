@@ -171,6 +171,93 @@ impl Layers {
     }
 }
 
+impl Layers {
+    /// Runs sample landing rows through every layer, writing nothing, and checks that each layer's
+    /// output has what the next stage needs (`weir validate --sample`). Returns each layer's output.
+    pub async fn run_sample(
+        &mut self,
+        pipeline: &Pipeline,
+        landing: &RecordBatch,
+    ) -> Result<Vec<(String, RecordBatch)>> {
+        const LABEL: &str = "the sample";
+        let bronze = self.bronze.call(landing, LABEL)?;
+        let bronze = with_ingestion_metadata(&bronze, LABEL).map_err(|e| stage_err("bronze", e))?;
+        let silver_needs = pipeline
+            .silver
+            .keys
+            .iter()
+            .chain(&pipeline.silver.sequence_by);
+        require_columns(
+            "bronze",
+            &bronze,
+            silver_needs,
+            "[silver] keys and sequence_by",
+        )?;
+        let silver = self.silver.call(&bronze, LABEL)?;
+        require_columns("silver", &silver, &pipeline.silver.keys, "[silver] keys")?;
+        // Expectations are SQL over silver's rows: this also checks that they parse and type.
+        let (kept, _) = apply_expectations(pipeline, silver.clone()).await?;
+        let mut out = vec![("bronze".to_owned(), bronze), ("silver".to_owned(), silver)];
+        let Some(kept) = kept.filter(|k| k.num_rows() > 0) else {
+            return Ok(out);
+        };
+        // Gold reads silver's rows as inserts.
+        let stored = without_columns(&kept, &SILVER_DROPPED).map_err(|e| stage_err("silver", e))?;
+        let inserts = StringArray::from(vec!["insert"; stored.num_rows()]);
+        for (name, transform) in &mut self.gold {
+            let stage = format!("gold.{name}");
+            let Some(cfg) = pipeline.gold.get(name) else {
+                continue;
+            };
+            let Some(weighted) = weigh(&stage, vec![(stored.clone(), inserts.clone())])? else {
+                continue;
+            };
+            let deltas = transform.call(&weighted, LABEL)?;
+            let needs = cfg.keys.iter().chain(std::iter::once(&cfg.count_column));
+            require_columns(
+                &stage,
+                &deltas,
+                needs,
+                &format!("[gold.{name}] keys and count_column"),
+            )?;
+            out.push((stage, deltas));
+        }
+        Ok(out)
+    }
+}
+
+/// Fails unless `batch`, the output of `stage`'s component, has every column of `needed`.
+fn require_columns<'a>(
+    stage: &str,
+    batch: &RecordBatch,
+    needed: impl IntoIterator<Item = &'a String>,
+    named_by: &str,
+) -> Result<()> {
+    let schema = batch.schema();
+    for column in needed {
+        if schema.column_with_name(column).is_none() {
+            let has: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(stage_err(
+                stage,
+                format!(
+                    "the component's output has no column `{column}`, which {named_by} name; it has: {}",
+                    has.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `batch` without the named columns.
+fn without_columns(batch: &RecordBatch, dropped: &[&str]) -> arrow::error::Result<RecordBatch> {
+    let schema = batch.schema();
+    let kept: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| !dropped.contains(&schema.field(i).name().as_str()))
+        .collect();
+    batch.project(&kept)
+}
+
 /// A component's counters now, less what they were at `before`.
 fn counted_since(
     before: &BTreeMap<String, u64>,

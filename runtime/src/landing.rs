@@ -7,6 +7,7 @@
 //! after the file is stored: a crash in between rewrites the same file.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub enum LandingError {
         offset: i64,
         message: String,
     },
+    #[error("sample events {path}: {message}")]
+    Sample { path: PathBuf, message: String },
     #[error(
         "landing {topic}/{partition}: cannot build Parquet file for offsets {first}-{last}: {message}"
     )]
@@ -353,6 +356,39 @@ pub fn flatten_event(
         "source_table": text(&source, "table"),
         "ts_ms": number(&event, "ts_ms"),
     }))
+}
+
+/// Landing rows of the Debezium events in `path`: a JSON array of events, or one event per line
+/// (as a topic dump writes them). Event `i` stands at offset `i` of partition 0.
+pub fn sample_batch(path: &Path) -> Result<RecordBatch> {
+    let err = |message: String| LandingError::Sample {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let events: Vec<Value> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| err(e.to_string()))?
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| {
+                serde_json::from_str(line).map_err(|e| err(format!("line {}: {e}", n + 1)))
+            })
+            .collect::<Result<_>>()?
+    };
+    if events.is_empty() {
+        return Err(err("no events".into()));
+    }
+    let rows = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            flatten_event(event, None, "sample", 0, i as i64, None)
+                .map_err(|message| err(format!("event {i}: {message}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rows_to_batch(&rows).map_err(err)
 }
 
 /// Builds the Arrow batch of landing rows; `before`/`after` struct types are inferred from the rows.

@@ -70,6 +70,22 @@ pub fn validate(pipeline: &Pipeline) -> Result<()> {
     Ok(())
 }
 
+/// [`validate`], then runs the Debezium events in `sample` (a JSON array, or one event per line)
+/// through every layer, checking that each output fits the next stage. Returns each layer's rows.
+pub async fn validate_with_sample(
+    pipeline: &Pipeline,
+    sample: &std::path::Path,
+) -> Result<Vec<(String, usize)>> {
+    let landing = landing::sample_batch(sample)?;
+    let host = WasmHost::new(pipeline.wasm)?;
+    let mut layers = Layers::load(&host, pipeline)?;
+    let outputs = layers.run_sample(pipeline, &landing).await?;
+    Ok(outputs
+        .into_iter()
+        .map(|(layer, batch)| (layer, batch.num_rows()))
+        .collect())
+}
+
 /// Processes everything committed so far through every stage, then returns.
 pub async fn run_triggered(pipeline: &Pipeline) -> Result<RunReport> {
     let host = WasmHost::new(pipeline.wasm)?;

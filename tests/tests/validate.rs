@@ -29,7 +29,7 @@ fn the_onlineshop_pipeline_validates_with_its_components() -> Result<()> {
         .replace("${WEIR_KAFKA_BOOTSTRAP}", "127.0.0.1:9092");
     let pipeline = load_variant("valid", &text)??;
     weir::pipeline::validate(&pipeline)?;
-    assert_eq!(pipeline.layers().len(), 3);
+    assert_eq!(pipeline.layers().len(), 4);
     Ok(())
 }
 
@@ -85,5 +85,45 @@ fn a_missing_component_file_is_named() -> Result<()> {
         .expect_err("missing file")
         .to_string();
     assert!(err.contains("no_such_component.wasm"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_of_debezium_events_runs_through_every_layer() -> Result<()> {
+    let text = onlineshop_text()?
+        .replace("${WEIR_PG_PORT}", "5432")
+        .replace("${WEIR_KAFKA_BOOTSTRAP}", "127.0.0.1:9092");
+    let pipeline = load_variant("sample", &text)??;
+    let sample = repo_root().join("tests/data/debezium-1.2.5-onlineshop-sample.json");
+    let rows = weir::pipeline::validate_with_sample(&pipeline, &sample).await?;
+    let layers: Vec<&str> = rows.iter().map(|(layer, _)| layer.as_str()).collect();
+    assert_eq!(
+        layers,
+        [
+            "bronze",
+            "silver",
+            "gold.daily_revenue_by_country",
+            "gold.sales_report"
+        ]
+    );
+    assert!(rows.iter().all(|(_, n)| *n > 0), "{rows:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_output_missing_a_column_the_next_stage_needs_is_named() -> Result<()> {
+    let text = onlineshop_text()?
+        .replace("${WEIR_PG_PORT}", "5432")
+        .replace("${WEIR_KAFKA_BOOTSTRAP}", "127.0.0.1:9092")
+        .replace("keys = [\"productno\"]", "keys = [\"product_number\"]");
+    let pipeline = load_variant("sample-mismatch", &text)??;
+    let sample = repo_root().join("tests/data/debezium-1.2.5-onlineshop-sample.json");
+    let err = weir::pipeline::validate_with_sample(&pipeline, &sample)
+        .await
+        .expect_err("gold keys the component does not return")
+        .to_string();
+    assert!(err.contains("gold.sales_report"), "{err}");
+    assert!(err.contains("no column `product_number`"), "{err}");
+    assert!(err.contains("productno"), "{err}");
     Ok(())
 }

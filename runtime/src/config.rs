@@ -47,6 +47,9 @@ pub struct Pipeline {
     pub wasm: WasmLimits,
     /// Where weir keeps its own progress records (snapshot state); an object store URL.
     pub state_location: String,
+    /// Where a batch a layer's component fails on goes (as Parquet, with its error beside it) so
+    /// the layer can go on; without it, such a batch stops the pipeline.
+    pub dead_letter_location: Option<String>,
     /// Source text, kept to turn key spans into line numbers for later checks (`weir validate`).
     text: String,
 }
@@ -240,6 +243,7 @@ struct RawFile {
 struct RawPipeline {
     name: Spanned<String>,
     state_location: Option<Spanned<String>>,
+    dead_letter_location: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +484,10 @@ impl Pipeline {
             Some(s) => ctx.location(s, "pipeline.state_location")?,
             None => format!("{}/_weir", landing_location.trim_end_matches('/')),
         };
+        let dead_letter_location = match &raw.pipeline.dead_letter_location {
+            Some(d) => Some(ctx.location(d, "pipeline.dead_letter_location")?),
+            None => None,
+        };
 
         let silver_keys = raw.silver.keys.get_ref().clone();
         if silver_keys.is_empty() {
@@ -586,6 +594,7 @@ impl Pipeline {
                 allow_clocks: raw.wasm.allow_clocks,
             },
             state_location,
+            dead_letter_location,
             name,
             text,
         })

@@ -80,6 +80,8 @@ pub struct LayerReport {
     pub table_version: Option<u64>,
     /// What the layer's component counted through `host.count` during the pass.
     pub counters: BTreeMap<String, u64>,
+    /// Input rows of batches the component failed on, routed to the dead-letter location.
+    pub dead_lettered: usize,
 }
 
 impl LayerReport {
@@ -89,6 +91,7 @@ impl LayerReport {
         self.commits += other.commits;
         self.dropped_by_expectations += other.dropped_by_expectations;
         self.table_version = other.table_version.or(self.table_version);
+        self.dead_lettered += other.dead_lettered;
         for (name, n) in &other.counters {
             *self.counters.entry(name.clone()).or_default() += n;
         }
@@ -108,6 +111,9 @@ impl fmt::Display for LayerReport {
                 ", {} dropped by expectations",
                 self.dropped_by_expectations
             )?;
+        }
+        if self.dead_lettered > 0 {
+            write!(f, ", {} rows dead-lettered", self.dead_lettered)?;
         }
         if let Some(v) = self.table_version {
             write!(f, ", table at version {v}")?;
@@ -258,6 +264,56 @@ fn without_columns(batch: &RecordBatch, dropped: &[&str]) -> arrow::error::Resul
     batch.project(&kept)
 }
 
+/// Routes a batch a layer's component failed on to the pipeline's dead-letter location: the batch as
+/// Parquet and the error as JSON beside it, named after the stage and the batch, so a rerun over the
+/// same input overwrites rather than repeats. Without a dead-letter location the error stops the
+/// pipeline, as it is returned.
+async fn dead_letter(
+    pipeline: &Pipeline,
+    stage: &str,
+    label: &str,
+    batch: &RecordBatch,
+    error: WasmError,
+) -> Result<()> {
+    let Some(location) = &pipeline.dead_letter_location else {
+        return Err(error.into());
+    };
+    let name: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let (store, root) = storage::open(location)?;
+    let folder = root.join(stage);
+    let parquet = landing::write_parquet(batch).map_err(|e| stage_err(stage, e))?;
+    storage::put(
+        &*store,
+        &folder.clone().join(format!("{name}.parquet")),
+        parquet,
+    )
+    .await?;
+    let record = serde_json::json!({
+        "stage": stage,
+        "batch": label,
+        "rows": batch.num_rows(),
+        "error": error.to_string(),
+        "at": chrono::Utc::now().to_rfc3339(),
+    });
+    storage::put(
+        &*store,
+        &folder.join(format!("{name}.error.json")),
+        record.to_string().into_bytes(),
+    )
+    .await?;
+    tracing::warn!(stage, batch = label, rows = batch.num_rows(), location = %location, error = %error, "batch dead-lettered");
+    Ok(())
+}
+
 /// A component's counters now, less what they were at `before`.
 fn counted_since(
     before: &BTreeMap<String, u64>,
@@ -397,12 +453,19 @@ async fn bronze_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
             file.path, file.partition, file.last_offset
         );
         if input.num_rows() > 0 {
-            let cleaned = transform.call(&input, &label)?;
-            batches.push(
-                with_ingestion_metadata(&cleaned, file.path.as_ref())
-                    .map_err(|e| stage_err(STAGE, e))?,
-            );
-            group_rows += cleaned.num_rows();
+            match transform.call(&input, &label) {
+                Ok(cleaned) => {
+                    batches.push(
+                        with_ingestion_metadata(&cleaned, file.path.as_ref())
+                            .map_err(|e| stage_err(STAGE, e))?,
+                    );
+                    group_rows += cleaned.num_rows();
+                }
+                Err(e) => {
+                    dead_letter(pipeline, STAGE, &label, &input, e).await?;
+                    report.dead_lettered += input.num_rows();
+                }
+            }
         }
         group.push(file);
         if group_rows >= ROWS_PER_COMMIT {
@@ -578,10 +641,18 @@ async fn silver_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<L
         let changes = match input {
             Some(batch) if batch.num_rows() > 0 => {
                 let label = format!("bronze versions {next}-{end}");
-                let out = transform.call(&batch, &label)?;
-                let (kept, dropped) = apply_expectations(pipeline, out).await?;
-                report.dropped_by_expectations += dropped;
-                kept
+                match transform.call(&batch, &label) {
+                    Ok(out) => {
+                        let (kept, dropped) = apply_expectations(pipeline, out).await?;
+                        report.dropped_by_expectations += dropped;
+                        kept
+                    }
+                    Err(e) => {
+                        dead_letter(pipeline, STAGE, &label, &batch, e).await?;
+                        report.dead_lettered += batch.num_rows();
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -951,7 +1022,15 @@ async fn gold_pass(
         let txn = vec![Transaction::new(&app, end as i64)];
         let deltas = match weighted {
             Some(b) if b.num_rows() > 0 => {
-                Some(transform.call(&b, &format!("silver versions {next}-{end}"))?)
+                let label = format!("silver versions {next}-{end}");
+                match transform.call(&b, &label) {
+                    Ok(deltas) => Some(deltas),
+                    Err(e) => {
+                        dead_letter(pipeline, &stage, &label, &b, e).await?;
+                        report.dead_lettered += b.num_rows();
+                        None
+                    }
+                }
             }
             _ => None,
         };

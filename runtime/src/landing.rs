@@ -485,7 +485,7 @@ async fn flush(
     Ok(())
 }
 
-fn write_parquet(batch: &RecordBatch) -> parquet::errors::Result<Vec<u8>> {
+pub(crate) fn write_parquet(batch: &RecordBatch) -> parquet::errors::Result<Vec<u8>> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();

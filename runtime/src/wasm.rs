@@ -227,12 +227,14 @@ fn semver_compatible(a: &str, b: &str) -> bool {
     }
 }
 
+#[derive(Clone)]
 enum Pre {
     Row(row::RowTransformPre<GuestState>),
     Agg(agg::AggregatePre<GuestState>),
 }
 
 /// A compiled, link-checked component, ready to instantiate per worker.
+#[derive(Clone)]
 pub struct LoadedComponent {
     host: WasmHost,
     path: PathBuf,
@@ -249,16 +251,17 @@ impl LoadedComponent {
             component: self.path.clone(),
             message: format!("{e:#}"),
         };
-        let instance = match &self.pre {
-            Pre::Row(pre) => Instance::Row(pre.instantiate(&mut store).map_err(load_err)?),
-            Pre::Agg(pre) => Instance::Agg(pre.instantiate(&mut store).map_err(load_err)?),
-        };
+        let instance = outside_async(|| match &self.pre {
+            Pre::Row(pre) => pre.instantiate(&mut store).map(Instance::Row),
+            Pre::Agg(pre) => pre.instantiate(&mut store).map(Instance::Agg),
+        })
+        .map_err(load_err)?;
         let config_json = config.to_string();
         arm(&mut store, limits);
-        let outcome = match &instance {
+        let outcome = outside_async(|| match &instance {
             Instance::Row(i) => i.call_configure(&mut store, &config_json),
             Instance::Agg(i) => i.call_configure(&mut store, &config_json),
-        };
+        });
         let configure_err = |message: String| WasmError::Configure {
             stage: stage.to_owned(),
             component: self.path.clone(),
@@ -271,6 +274,9 @@ impl LoadedComponent {
                 limits,
                 store,
                 instance,
+                loaded: self.clone(),
+                config: config.clone(),
+                trapped: false,
             }),
             Ok(Err(e)) => Err(configure_err(e.message)),
             Err(trap) => Err(configure_err(describe_trap(&trap, limits))),
@@ -290,6 +296,10 @@ pub struct Transform {
     limits: WasmLimits,
     store: Store<GuestState>,
     instance: Instance,
+    /// What it was made from, to replace an instance a trap left unusable.
+    loaded: LoadedComponent,
+    config: serde_json::Value,
+    trapped: bool,
 }
 
 impl Transform {
@@ -303,19 +313,29 @@ impl Transform {
             batch: batch_label.to_owned(),
             cause,
         };
+        if self.trapped {
+            // A trapped instance cannot be entered again: start a fresh one, keeping the counts.
+            let mut fresh = self.loaded.instantiate(&self.stage, &self.config)?;
+            fresh.store.data_mut().counters = std::mem::take(&mut self.store.data_mut().counters);
+            *self = fresh;
+        }
         let input = encode_ipc(batch).map_err(|e| fail(format!("cannot encode input: {e}")))?;
         arm(&mut self.store, self.limits);
-        let outcome = match &self.instance {
-            Instance::Row(i) => i.call_transform(&mut self.store, &input),
-            Instance::Agg(i) => i.call_aggregate(&mut self.store, &input),
-        };
+        let (instance, store) = (&self.instance, &mut self.store);
+        let outcome = outside_async(|| match instance {
+            Instance::Row(i) => i.call_transform(&mut *store, &input),
+            Instance::Agg(i) => i.call_aggregate(&mut *store, &input),
+        });
         let output = match outcome {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => {
                 let at = e.row.map(|r| format!("row {r}: ")).unwrap_or_default();
                 return Err(fail(format!("{at}{}", e.message)));
             }
-            Err(trap) => return Err(fail(describe_trap(&trap, self.limits))),
+            Err(trap) => {
+                self.trapped = true;
+                return Err(fail(describe_trap(&trap, self.limits)));
+            }
         };
         decode_ipc(&output).map_err(|e| fail(format!("returned invalid Arrow IPC: {e}")))
     }
@@ -323,6 +343,25 @@ impl Transform {
     /// Counters the guest reported through `host.count`, since instantiation.
     pub fn counters(&self) -> &BTreeMap<String, u64> {
         &self.store.data().counters
+    }
+}
+
+/// Runs guest code, which may block: off the async scheduler when called from a Tokio worker.
+///
+/// WASI's synchronous bindings (what a guest's stdio or a panic message goes through) drive their
+/// host side with `block_on`, which Tokio forbids on a worker thread unless it is marked blocking.
+fn outside_async<R: Send>(guest: impl FnOnce() -> R + Send) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(guest)
+        }
+        // A current-thread runtime cannot lend its thread: the guest gets one of its own.
+        Ok(_) => std::thread::scope(|s| {
+            s.spawn(guest)
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }),
+        Err(_) => guest(),
     }
 }
 

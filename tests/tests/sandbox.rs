@@ -92,6 +92,20 @@ fn a_guest_that_traps_fails_its_batch() -> Result<()> {
 }
 
 #[test]
+fn after_a_trap_the_next_batch_gets_a_fresh_instance() -> Result<()> {
+    let loaded = hostile(limits())?;
+    let mut transform = loaded.instantiate("bronze", &json!({"attack": "trap-on-empty"}))?;
+    let batch = batch()?;
+    let error = match transform.call(&batch.slice(0, 0), "an empty batch") {
+        Ok(_) => anyhow::bail!("the empty batch did not trap"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(error.contains("trapped"), "{error}");
+    ensure!(transform.call(&batch, "the next batch")?.num_rows() == 1_000);
+    Ok(())
+}
+
+#[test]
 fn files_environment_network_and_clocks_are_out_of_reach() -> Result<()> {
     let loaded = hostile(limits())?;
     let error = attack(&loaded, json!({"attack": "file"}))?;

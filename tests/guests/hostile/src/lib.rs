@@ -2,7 +2,7 @@
 //!
 //! - `spin`: loops forever;
 //! - `memory`: allocates until something stops it;
-//! - `trap`: panics, which aborts (traps) the instance;
+//! - `trap`: panics, which aborts (traps) the instance; `trap-on-empty` only on an empty batch;
 //! - `file`, `environment`, `network`, `clock`: reads a file, the environment, a socket or the clock,
 //!   and fails the batch with what it saw, so the test can tell what the sandbox let through.
 //!
@@ -45,6 +45,7 @@ impl RowTransform for Hostile {
                 }
             }
             "trap" => panic!("a guest bug"),
+            "trap-on-empty" if batch.num_rows() == 0 => panic!("a guest bug on empty batches"),
             "file" => {
                 let mut text = String::new();
                 match std::fs::File::open("/etc/passwd").and_then(|mut f| f.read_to_string(&mut text)) {

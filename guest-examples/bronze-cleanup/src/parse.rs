@@ -12,11 +12,14 @@ use weir_guest::decimal;
 /// when the text is already so, which it nearly always is.
 pub fn normalize_whitespace(text: &str) -> Cow<'_, str> {
     let mut previous_space = true; // a leading space needs work too
-    let tidy = text.chars().all(|c| {
-        let ok = !c.is_whitespace() || (c == ' ' && !previous_space);
-        previous_space = c == ' ';
+    // Bytes, not chars: every byte of a multi-byte character is ≥ 0x80, and the only whitespace
+    // among those characters (U+0085, U+00A0, U+2000…) is caught by the slower check below.
+    let tidy = text.bytes().all(|b| {
+        let ok = b > b' ' && b != 0x7f || (b == b' ' && !previous_space);
+        previous_space = b == b' ';
         ok
-    }) && !text.ends_with(' ');
+    }) && !text.ends_with(' ')
+        && (text.is_ascii() || !text.chars().any(|c| c.is_whitespace() && c != ' '));
     if tidy {
         return Cow::Borrowed(text);
     }
@@ -164,6 +167,10 @@ mod tests {
             "WHITE HANGING HEART"
         );
         assert_eq!(normalize_whitespace(" \t "), "");
+        // Unicode whitespace counts too; other non-ASCII text is kept as it is, borrowed.
+        assert_eq!(normalize_whitespace("CAFÉ\u{a0}\u{2003}CRÈME"), "CAFÉ CRÈME");
+        assert!(matches!(normalize_whitespace("CAFÉ CRÈME"), Cow::Borrowed(_)));
+        assert!(matches!(normalize_whitespace("A  B"), Cow::Owned(_)));
     }
 
     #[test]

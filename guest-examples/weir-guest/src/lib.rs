@@ -194,12 +194,12 @@ pub mod __private {
         layer: &T,
         batch: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        let output = layer.transform(ipc::decode(batch)?)?;
+        let output = layer.transform(ipc::decode_from_host(batch)?)?;
         ipc::encode(&output)
     }
 
     pub(crate) fn apply_aggregate<T: Aggregate>(layer: &T, batch: Vec<u8>) -> Result<Vec<u8>> {
-        let output = layer.aggregate(ipc::decode(batch)?)?;
+        let output = layer.aggregate(ipc::decode_from_host(batch)?)?;
         ipc::encode(&output)
     }
 }

@@ -148,6 +148,10 @@ impl Default for TopicCreation {
 pub struct LandingConfig {
     pub location: String,
     pub max_rows_per_file: usize,
+    /// A file is written once its events' JSON reaches this many bytes…
+    pub max_bytes_per_file: usize,
+    /// …or once its first event has waited this long, even while events keep coming.
+    pub max_file_age_ms: u64,
 }
 
 /// A layer whose logic is a Wasm component and whose output is a Delta table.
@@ -329,10 +333,22 @@ struct RawLanding {
     location: Spanned<String>,
     #[serde(default = "default_rows_per_file")]
     max_rows_per_file: usize,
+    #[serde(default = "default_bytes_per_file")]
+    max_bytes_per_file: usize,
+    #[serde(default = "default_file_age_ms")]
+    max_file_age_ms: u64,
 }
 
 fn default_rows_per_file() -> usize {
     100_000
+}
+
+fn default_bytes_per_file() -> usize {
+    64 << 20
+}
+
+fn default_file_age_ms() -> u64 {
+    60_000
 }
 
 #[derive(Deserialize)]
@@ -562,6 +578,8 @@ impl Pipeline {
             landing: LandingConfig {
                 location: landing_location,
                 max_rows_per_file: raw.landing.max_rows_per_file.max(1),
+                max_bytes_per_file: raw.landing.max_bytes_per_file.max(1),
+                max_file_age_ms: raw.landing.max_file_age_ms,
             },
             bronze: BronzeConfig {
                 layer: ctx.layer(

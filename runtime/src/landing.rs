@@ -174,6 +174,7 @@ pub async fn run(
     let mut position: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut stream = consumer.stream();
     let idle = Duration::from_millis(500);
+    let mut last_sweep = std::time::Instant::now();
     loop {
         if stop.is_cancelled() {
             break;
@@ -193,11 +194,25 @@ pub async fn run(
                     }
                     Some(payload) => buffer.push(&msg, payload)?,
                 }
-                if buffer.rows.len() >= pipeline.landing.max_rows_per_file {
+                if buffer.full(&pipeline.landing) {
                     let buffer = buffers
                         .remove(&key)
                         .unwrap_or_else(|| Buffer::new(&key.0, key.1));
                     flush(&consumer, &*store, &root, buffer, &mut report).await?;
+                }
+                // Partitions that went quiet while others stay busy roll by age too.
+                if last_sweep.elapsed() >= Duration::from_secs(1) {
+                    last_sweep = std::time::Instant::now();
+                    let aged: Vec<(String, i32)> = buffers
+                        .iter()
+                        .filter(|(_, b)| b.full(&pipeline.landing))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in aged {
+                        if let Some(buffer) = buffers.remove(&key) {
+                            flush(&consumer, &*store, &root, buffer, &mut report).await?;
+                        }
+                    }
                 }
             }
             Ok(Some(Err(e))) => {
@@ -244,6 +259,9 @@ struct Buffer {
     first_timestamp_ms: Option<i64>,
     /// Offset of a trailing tombstone, committed even when no file is written.
     skipped_to: Option<i64>,
+    /// The events' JSON bytes, and when the first of them arrived: the file rolls on either.
+    bytes: usize,
+    opened: Option<std::time::Instant>,
 }
 
 impl Buffer {
@@ -256,7 +274,18 @@ impl Buffer {
             last_offset: -1,
             first_timestamp_ms: None,
             skipped_to: None,
+            bytes: 0,
+            opened: None,
         }
+    }
+
+    /// Whether the buffer has reached any of the landing zone's file limits.
+    fn full(&self, limits: &crate::config::LandingConfig) -> bool {
+        self.rows.len() >= limits.max_rows_per_file
+            || self.bytes >= limits.max_bytes_per_file
+            || self
+                .opened
+                .is_some_and(|at| at.elapsed() >= Duration::from_millis(limits.max_file_age_ms))
     }
 
     fn push(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>, payload: &[u8]) -> Result<()> {
@@ -280,8 +309,10 @@ impl Buffer {
         if self.rows.is_empty() {
             self.first_offset = msg.offset();
             self.first_timestamp_ms = msg.timestamp().to_millis();
+            self.opened = Some(std::time::Instant::now());
         }
         self.last_offset = msg.offset();
+        self.bytes += payload.len();
         self.rows.push(row);
         Ok(())
     }

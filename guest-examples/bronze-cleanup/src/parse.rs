@@ -168,8 +168,14 @@ mod tests {
         );
         assert_eq!(normalize_whitespace(" \t "), "");
         // Unicode whitespace counts too; other non-ASCII text is kept as it is, borrowed.
-        assert_eq!(normalize_whitespace("CAFÉ\u{a0}\u{2003}CRÈME"), "CAFÉ CRÈME");
-        assert!(matches!(normalize_whitespace("CAFÉ CRÈME"), Cow::Borrowed(_)));
+        assert_eq!(
+            normalize_whitespace("CAFÉ\u{a0}\u{2003}CRÈME"),
+            "CAFÉ CRÈME"
+        );
+        assert!(matches!(
+            normalize_whitespace("CAFÉ CRÈME"),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(normalize_whitespace("A  B"), Cow::Owned(_)));
     }
 

@@ -1,0 +1,54 @@
+//! The landing zone rolls change files by rows, bytes and age, and the files' names, a function of
+//! their offsets, cover every offset of the topic exactly once.
+
+use anyhow::Result;
+use weir::landing::LandingFile;
+use weir_tests::TestPipeline;
+
+/// Runs the pipeline once with `landing_keys` added to `[landing]`; returns the landing files.
+async fn landing_files(t: &TestPipeline, landing_keys: &str) -> Result<Vec<LandingFile>> {
+    let pipeline = t.pipeline_with(|text| {
+        text.replace("[landing]\n", &format!("[landing]\n{landing_keys}\n"))
+    })?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    let (store, root) = weir::storage::open(&pipeline.landing.location)?;
+    Ok(weir::landing::list_files(&*store, &root, "public.onlineshop").await?)
+}
+
+/// The files' offsets, in order, run from 0 to `events - 1` without gap or overlap.
+fn assert_cover_once(files: &[LandingFile], events: i64) {
+    let mut next = 0;
+    for f in files {
+        assert_eq!(f.first_offset, next, "gap or overlap at {}", f.path);
+        assert!(f.last_offset >= f.first_offset);
+        next = f.last_offset + 1;
+    }
+    assert_eq!(next, events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_roll_by_bytes_and_cover_every_offset_once() -> Result<()> {
+    let t = TestPipeline::new("landing_bytes").await?;
+    let events = t.load_sample().await? as i64;
+    let files = landing_files(&t, "max_bytes_per_file = 50000").await?;
+    // About 600 bytes of JSON per event: some 16 files of at most ~50 kB of events each.
+    assert!(files.len() >= 10, "{} files", files.len());
+    assert_cover_once(&files, events);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_roll_by_age_even_while_events_keep_coming() -> Result<()> {
+    let t = TestPipeline::new("landing_age").await?;
+    t.db.batch_execute(
+        "INSERT INTO onlineshop (transactionno, date, productno, productname, price, quantity, customerno, country)
+         SELECT 'T' || g, '2019-12-09', 'P' || g, 'Product', 1.50, g, NULL, 'France'
+         FROM generate_series(1, 20) g",
+    )
+    .await?;
+    // An age limit of 0: every event is older than the limit once it arrives.
+    let files = landing_files(&t, "max_file_age_ms = 0").await?;
+    assert_eq!(files.len(), 20);
+    assert_cover_once(&files, 20);
+    Ok(())
+}

@@ -549,11 +549,23 @@ async fn commit_bronze(
         return Ok(table);
     }
     let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    let table = match batches.first() {
+        Some(first) if table.version().is_none() => {
+            let columns: Vec<String> = first
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let partition_by = &pipeline.bronze.layer.partition_by;
+            create_table(STAGE, location, table, first, &columns, partition_by).await?
+        }
+        _ => table,
+    };
     let table = table
         .write(batches)
         .with_save_mode(SaveMode::Append)
         .with_partition_columns(pipeline.bronze.layer.partition_by.clone())
-        .with_configuration([("delta.enableChangeDataFeed", Some("true"))])
         .with_commit_properties(commit_properties(txns))
         .await
         .map_err(delta_err(STAGE, location))?;
@@ -979,10 +991,22 @@ async fn create_table(
         .create()
         .with_columns(delta_schema.fields().cloned())
         .with_partition_columns(partition_by.iter().cloned())
-        .with_configuration([("delta.enableChangeDataFeed", Some("true"))])
+        .with_configuration(table_properties(stage))
+        // `quality` is not a Delta property: it is the medallion layer's, as DLT sets it.
+        .with_raise_if_key_not_exists(false)
         .with_save_mode(SaveMode::Ignore)
         .await
         .map_err(delta_err(stage, location))
+}
+
+/// Properties of a layer's table: its change feed (which the next layer reads), and its medallion
+/// `quality` (bronze, silver or gold), the table property DLT pipelines set.
+fn table_properties(stage: &str) -> [(&'static str, Option<&str>); 2] {
+    let quality = stage.split('.').next().unwrap_or(stage);
+    [
+        ("delta.enableChangeDataFeed", Some("true")),
+        ("quality", Some(quality)),
+    ]
 }
 
 // ---------------- gold ----------------

@@ -59,12 +59,11 @@ async fn with_a_dead_letter_location_the_batch_goes_there_and_the_layer_goes_on(
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_>>()?;
     names.sort();
+    // Named after the batch: the bronze versions it came from.
+    let stem = names[0].strip_suffix(".error.json").unwrap_or_default();
     ensure!(
-        names
-            == [
-                "bronze_versions_0-0.error.json",
-                "bronze_versions_0-0.parquet"
-            ],
+        stem.starts_with("bronze_versions_0-")
+            && names == [format!("{stem}.error.json"), format!("{stem}.parquet")],
         "{names:?}"
     );
     let error: serde_json::Value = serde_json::from_slice(&std::fs::read(stage.join(&names[0]))?)?;

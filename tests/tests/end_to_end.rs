@@ -25,6 +25,25 @@ async fn triggered_runs_keep_silver_equal_to_source_and_gold_equal_to_group_by()
     assert_eq!(report.capture.snapshot_rows, 1305, "{report}");
     assert_eq!(assert_silver_equals_source(&t, &pipeline).await?, 1305);
     assert!(assert_gold_equals_group_by(&t, &pipeline).await? > 0);
+    // Each table carries its medallion quality as a table property, as DLT's do.
+    for (table, quality) in [
+        (&pipeline.bronze.layer.table, "bronze"),
+        (&pipeline.silver.layer.table, "silver"),
+        (&pipeline.gold["sales_report"].layer.table, "gold"),
+        (
+            &pipeline.gold["daily_revenue_by_country"].layer.table,
+            "gold",
+        ),
+    ] {
+        let url = deltalake::ensure_table_uri(table)?;
+        let delta = deltalake::open_table(url).await?;
+        let configuration = delta.snapshot()?.metadata().configuration().clone();
+        assert_eq!(
+            configuration.get("quality").map(String::as_str),
+            Some(quality),
+            "{table}: {configuration:?}"
+        );
+    }
     // What the components counted through the host reaches the run's report.
     assert_eq!(counted(&report, "bronze", "rows"), 1305, "{report}");
     assert_eq!(counted(&report, "silver", "rows"), 1305, "{report}");

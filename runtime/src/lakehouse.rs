@@ -159,25 +159,20 @@ impl Layers {
 
     /// One pass of bronze, silver and every gold table over whatever input is new.
     pub async fn run_once(&mut self, pipeline: &Pipeline) -> Result<Vec<(String, LayerReport)>> {
-        let counted = self.bronze.counters().clone();
         let mut bronze = bronze_pass(pipeline, &mut self.bronze).await?;
-        bronze.counters = counted_since(&counted, self.bronze.counters());
+        bronze.counters = self.bronze.take_counters();
         let mut out = vec![("bronze".to_owned(), bronze)];
-        let counted = self.silver.counters().clone();
         let mut silver = silver_pass(pipeline, &mut self.silver).await?;
-        silver.counters = counted_since(&counted, self.silver.counters());
+        silver.counters = self.silver.take_counters();
         out.push(("silver".to_owned(), silver));
         for (name, transform) in &mut self.gold {
-            let counted = transform.counters().clone();
             let mut gold = gold_pass(pipeline, name, transform).await?;
-            gold.counters = counted_since(&counted, transform.counters());
+            gold.counters = transform.take_counters();
             out.push((format!("gold.{name}"), gold));
         }
         Ok(out)
     }
-}
 
-impl Layers {
     /// Runs sample landing rows through every layer, writing nothing, and checks that each layer's
     /// output has what the next stage needs (`weir validate --sample`). Returns each layer's output.
     pub async fn run_sample(
@@ -312,22 +307,6 @@ async fn dead_letter(
     .await?;
     tracing::warn!(stage, batch = label, rows = batch.num_rows(), location = %location, error = %error, "batch dead-lettered");
     Ok(())
-}
-
-/// A component's counters now, less what they were at `before`.
-fn counted_since(
-    before: &BTreeMap<String, u64>,
-    now: &BTreeMap<String, u64>,
-) -> BTreeMap<String, u64> {
-    now.iter()
-        .map(|(name, n)| {
-            (
-                name.clone(),
-                n.saturating_sub(before.get(name).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 fn delta_err(stage: &str, table: &str) -> impl FnOnce(DeltaTableError) -> LakehouseError {

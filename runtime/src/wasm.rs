@@ -270,8 +270,6 @@ impl LoadedComponent {
         match outcome {
             Ok(Ok(())) => Ok(Transform {
                 stage: stage.to_owned(),
-                component: self.path.clone(),
-                limits,
                 store,
                 instance,
                 loaded: self.clone(),
@@ -292,11 +290,10 @@ enum Instance {
 /// One instance of a component, owned by one worker.
 pub struct Transform {
     stage: String,
-    component: PathBuf,
-    limits: WasmLimits,
     store: Store<GuestState>,
     instance: Instance,
-    /// What it was made from, to replace an instance a trap left unusable.
+    /// What it was made from (the component's path and limits), and what replaces an instance a
+    /// trap left unusable.
     loaded: LoadedComponent,
     config: serde_json::Value,
     trapped: bool,
@@ -306,7 +303,7 @@ impl Transform {
     /// Runs one batch through the component. `batch_label` names the batch in errors
     /// (e.g. the landing file, or the Delta versions it came from).
     pub fn call(&mut self, batch: &RecordBatch, batch_label: &str) -> Result<RecordBatch> {
-        let (stage, component) = (self.stage.clone(), self.component.clone());
+        let (stage, component) = (self.stage.clone(), self.loaded.path.clone());
         let fail = |cause: String| WasmError::Batch {
             stage: stage.clone(),
             component: component.clone(),
@@ -320,7 +317,8 @@ impl Transform {
             *self = fresh;
         }
         let input = encode_ipc(batch).map_err(|e| fail(format!("cannot encode input: {e}")))?;
-        arm(&mut self.store, self.limits);
+        let limits = self.loaded.host.limits;
+        arm(&mut self.store, limits);
         let (instance, store) = (&self.instance, &mut self.store);
         let outcome = outside_async(|| match instance {
             Instance::Row(i) => i.call_transform(&mut *store, &input),
@@ -334,15 +332,15 @@ impl Transform {
             }
             Err(trap) => {
                 self.trapped = true;
-                return Err(fail(describe_trap(&trap, self.limits)));
+                return Err(fail(describe_trap(&trap, limits)));
             }
         };
         decode_ipc(&output).map_err(|e| fail(format!("returned invalid Arrow IPC: {e}")))
     }
 
-    /// Counters the guest reported through `host.count`, since instantiation.
-    pub fn counters(&self) -> &BTreeMap<String, u64> {
-        &self.store.data().counters
+    /// Counters the guest reported through `host.count` since the last call, which resets them.
+    pub fn take_counters(&mut self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut self.store.data_mut().counters)
     }
 }
 

@@ -153,6 +153,8 @@ where
     Fut: Future<Output = Result<()>>,
 {
     let name = table.qualified();
+    // Shared with the tasks that build each chunk's events.
+    let table = Arc::new(table);
     let client = connect(snapshot.connection).await?;
     let import = match &snapshot.exported {
         Some(id) => format!("SET TRANSACTION SNAPSHOT {};", quote_literal(id)),
@@ -342,7 +344,7 @@ fn cell(row: &SimpleQueryRow, i: usize) -> Option<&str> {
 async fn send_rows(
     events: Arc<EventBuilder>,
     producer: ChangeProducer,
-    table: TableSchema,
+    table: Arc<TableSchema>,
     rows: Vec<SimpleQueryRow>,
     lsn: u64,
     ts_ms: i64,

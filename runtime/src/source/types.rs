@@ -89,9 +89,7 @@ pub struct ColumnType {
 /// PostgreSQL's text output of one non-NULL value → the JSON value Debezium's JsonConverter
 /// writes (schemas disabled).
 pub fn value(ty: &ColumnType, text: &str, opts: &TypeOptions) -> Value {
-    Mapping::of(ty, ty.typmod, opts)
-        .value(text)
-        .unwrap_or_else(|| Value::String(text.to_owned()))
+    Converter::new(ty, opts).value(text)
 }
 
 /// One column type's mapping under the pipeline's options, worked out once per column rather than
@@ -107,13 +105,16 @@ impl Converter {
     /// Appends the JSON of [`value`] to `out`, without building a [`Value`] for the common types.
     pub fn write_json(&self, text: &str, out: &mut Vec<u8>) {
         if !self.write_common(text, out) {
-            let value = self
-                .0
-                .value(text)
-                .unwrap_or_else(|| Value::String(text.to_owned()));
             // Writing into a Vec cannot fail.
-            let _ = serde_json::to_writer(out, &value);
+            let _ = serde_json::to_writer(out, &self.value(text));
         }
+    }
+
+    /// See [`value`]: text the mapping cannot parse passes through as a JSON string.
+    fn value(&self, text: &str) -> Value {
+        self.0
+            .value(text)
+            .unwrap_or_else(|| Value::String(text.to_owned()))
     }
 
     /// Writes the types most tables are made of; false (and nothing written) for the others and for

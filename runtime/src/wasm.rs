@@ -335,7 +335,7 @@ impl Transform {
                 return Err(fail(describe_trap(&trap, limits)));
             }
         };
-        decode_ipc(&output).map_err(|e| fail(format!("returned invalid Arrow IPC: {e}")))
+        decode_ipc(output).map_err(|e| fail(format!("returned invalid Arrow IPC: {e}")))
     }
 
     /// Counters the guest reported through `host.count` since the last call, which resets them.
@@ -491,13 +491,23 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowErr
     Ok(out)
 }
 
-/// Reads an Arrow IPC stream back into one batch (concatenating if the guest wrote several).
-pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let reader = arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
-    let schema = reader.schema();
-    let mut batches = reader.collect::<Result<Vec<_>, _>>()?;
+/// Reads an Arrow IPC stream back into one batch (concatenating if the guest wrote several). The
+/// arrays point into `bytes` where aligned; every array is validated, as it comes from a guest.
+pub fn decode_ipc(bytes: Vec<u8>) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut buffer = arrow::buffer::Buffer::from(bytes);
+    let mut decoder = arrow::ipc::reader::StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder.schema().ok_or_else(|| {
+        arrow::error::ArrowError::IpcError("the stream has no schema message".into())
+    })?;
     match batches.len() {
-        // One batch, as guests write: no copy.
+        0 => Ok(RecordBatch::new_empty(schema)),
         1 => Ok(batches.remove(0)),
         _ => arrow::compute::concat_batches(&schema, &batches),
     }

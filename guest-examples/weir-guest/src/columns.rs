@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array,
-    PrimitiveArray, PrimitiveBuilder, StringArray, make_array, new_null_array,
+    PrimitiveArray, PrimitiveBuilder, StringArray, new_null_array,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{
@@ -60,13 +60,16 @@ pub fn find(batch: &RecordBatch, path: &[&str]) -> Result<Option<ArrayRef>> {
 }
 
 fn with_parent_nulls(child: &ArrayRef, parent: Option<&NullBuffer>) -> Result<ArrayRef> {
-    if parent.is_none() || child.data_type() == &DataType::Null {
+    let Some(parent) = parent.filter(|nulls| nulls.null_count() > 0) else {
+        return Ok(child.clone());
+    };
+    if child.data_type() == &DataType::Null {
         return Ok(child.clone());
     }
-    let nulls = NullBuffer::union(parent, child.nulls());
-    Ok(make_array(
-        child.to_data().into_builder().nulls(nulls).build()?,
-    ))
+    // `nullif` only widens the validity mask, so unlike rebuilding the array it does not
+    // validate every value (UTF-8 and offsets) again.
+    let parent_is_null = BooleanArray::new(!parent.inner(), None);
+    Ok(arrow::compute::nullif(child, &parent_is_null)?)
 }
 
 /// Reads `array` (the column `name`, for messages) as `to`. Supported: `Null` to anything (all

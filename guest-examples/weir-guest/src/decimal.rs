@@ -3,8 +3,8 @@
 
 /// Largest unscaled value that fits `precision` digits (`precision` at most 38).
 pub fn max_unscaled(precision: u8) -> i128 {
-    10_i128
-        .checked_pow(u32::from(precision))
+    POWERS_OF_TEN
+        .get(usize::from(precision))
         .map_or(i128::MAX, |limit| limit - 1)
 }
 
@@ -13,10 +13,21 @@ pub fn fits(unscaled: i128, precision: u8) -> bool {
     unscaled.unsigned_abs() <= max_unscaled(precision).unsigned_abs()
 }
 
+/// 10^0 to 10^38: `i128` multiplication is a library call on wasm32, so powers are looked up.
+const POWERS_OF_TEN: [i128; 39] = {
+    let mut powers = [1_i128; 39];
+    let mut i = 1;
+    while i < powers.len() {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
+
 /// Changes the scale, rounding half away from zero when digits are dropped; `None` on overflow.
 pub fn rescale(unscaled: i128, from: i8, to: i8) -> Option<i128> {
     let shift = i32::from(to) - i32::from(from);
-    let factor = 10_i128.checked_pow(shift.unsigned_abs())?;
+    let factor = *POWERS_OF_TEN.get(usize::try_from(shift.unsigned_abs()).ok()?)?;
     if shift >= 0 {
         return unscaled.checked_mul(factor);
     }
@@ -42,23 +53,26 @@ pub fn parse(text: &str, scale: u8) -> Option<i128> {
     if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction) {
         return None;
     }
-    let mut units: i128 = 0;
-    let mut push = |digit: u8| -> Option<()> {
-        units = units
-            .checked_mul(10)?
-            .checked_add(i128::from(digit - b'0'))?;
-        Some(())
+    let mut digits = whole.bytes().chain(
+        (0..usize::from(scale)).map(|i| fraction.as_bytes().get(i).copied().unwrap_or(b'0')),
+    );
+    // Up to 18 digits fit an `i64`, whose arithmetic is native on every target; `i128` is not.
+    let units = if whole.len() + usize::from(scale) <= 18 {
+        i128::from(digits.fold(0_i64, |units, digit| units * 10 + i64::from(digit - b'0')))
+    } else {
+        digits.try_fold(0_i128, |units, digit| {
+            units.checked_mul(10)?.checked_add(i128::from(digit - b'0'))
+        })?
     };
-    for digit in whole.bytes() {
-        push(digit)?;
-    }
-    let mut fraction = fraction.bytes();
-    for _ in 0..scale {
-        push(fraction.next().unwrap_or(b'0'))?;
-    }
-    if fraction.next().is_some_and(|digit| digit >= b'5') {
-        units = units.checked_add(1)?;
-    }
+    let round_away = fraction
+        .as_bytes()
+        .get(usize::from(scale))
+        .is_some_and(|&digit| digit >= b'5');
+    let units = if round_away {
+        units.checked_add(1)?
+    } else {
+        units
+    };
     Some(if negative { -units } else { units })
 }
 

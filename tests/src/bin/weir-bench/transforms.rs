@@ -66,10 +66,12 @@ pub fn run() -> Result<()> {
     let started = Instant::now();
     for batch in &batches {
         let bytes = weir::wasm::encode_ipc(batch)?;
-        let back = weir::wasm::decode_ipc(&bytes)?;
+        let back = weir::wasm::decode_ipc(bytes)?;
         std::hint::black_box(back);
     }
     let host_ipc = started.elapsed();
+    let input_bytes = weir::wasm::encode_ipc(&batches[0])?.len();
+    let output_bytes = weir::wasm::encode_ipc(&bronze_cleanup::cleanup(&batches[0]).map_err(|e| anyhow::anyhow!("native: {e:?}"))?)?.len();
 
     let empty = batches[0].slice(0, 0);
     let started = Instant::now();
@@ -98,6 +100,11 @@ pub fn run() -> Result<()> {
     println!(
         "  of which the host's IPC encode+decode of the inputs  {:7.2} s",
         host_ipc.as_secs_f64()
+    );
+    println!(
+        "  Arrow IPC per batch of {BATCH_ROWS} rows  {:7.2} MiB in, {:.2} MiB out",
+        input_bytes as f64 / (1 << 20) as f64,
+        output_bytes as f64 / (1 << 20) as f64
     );
     println!(
         "  loading the component              {:7.1} ms (compile, or the engine's disk cache)",

@@ -1,0 +1,563 @@
+//! Bronze, silver and gold Delta tables, each fed by a Wasm component.
+//!
+//! Exactly once, by construction: every commit carries Delta `txn` actions recording the input it
+//! consumed (bronze: the last Kafka offset per partition of the landing files; silver: the bronze
+//! version; gold: the silver version), so a stage restarted after a crash resumes after what was
+//! committed, and re-running a batch is refused by Delta's conflict check on the same app id.
+//!
+//! - **bronze** appends cleaned change rows (with `_ingested_at` and `_landing_file`).
+//! - **silver** applies changes like DLT's APPLY CHANGES INTO: keyed MERGE, sequenced, deletes applied,
+//!   late or repeated events ignored. Its change data feed is on, so gold can follow it.
+//! - **gold** reads silver's change feed as weighted rows (+1 insert/post-image, −1 delete/pre-image);
+//!   the component returns per-group deltas, which are added to the stored aggregates.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, RecordBatchReader, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::datafusion::common::Column;
+use deltalake::datafusion::logical_expr::Expr;
+use deltalake::datafusion::physical_plan::collect;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError};
+use object_store::ObjectStore;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::{OnViolation, Pipeline};
+use crate::landing::{self, LandingFile};
+use crate::storage;
+use crate::wasm::{LoadedComponent, Transform, WasmError, WasmHost, World};
+
+mod bronze;
+mod gold;
+mod silver;
+
+use bronze::{bronze_pass, with_ingestion_metadata};
+use gold::{gold_pass, weigh};
+use silver::{SILVER_DROPPED, apply_expectations, silver_pass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakehouseError {
+    #[error("{stage} table {table}: {source}")]
+    Delta {
+        stage: String,
+        table: String,
+        source: DeltaTableError,
+    },
+    #[error("{stage}: {message}")]
+    Stage { stage: String, message: String },
+    #[error(
+        "{stage}: expectation `{name}` ({expect}) failed on {rows} row(s); nothing of the batch was committed"
+    )]
+    ExpectationFailed {
+        stage: String,
+        name: String,
+        expect: String,
+        rows: usize,
+    },
+    #[error(transparent)]
+    Wasm(#[from] WasmError),
+    #[error(transparent)]
+    Landing(#[from] landing::LandingError),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+}
+
+pub type Result<T, E = LakehouseError> = std::result::Result<T, E>;
+
+/// Rows per Delta commit (and so per component call) in the bronze and silver stages.
+const ROWS_PER_COMMIT: usize = 100_000;
+/// Change-feed columns deltalake adds to `scan_cdf` output.
+const CDF_COLUMNS: [&str; 3] = ["_change_type", "_commit_version", "_commit_timestamp"];
+
+/// What one pass of a layer did.
+#[derive(Debug, Default, Clone)]
+pub struct LayerReport {
+    pub rows_in: usize,
+    pub rows_out: usize,
+    pub commits: usize,
+    pub dropped_by_expectations: usize,
+    pub table_version: Option<u64>,
+    /// What the layer's component counted through `host.count` during the pass.
+    pub counters: BTreeMap<String, u64>,
+    /// Input rows of batches the component failed on, routed to the dead-letter location.
+    pub dead_lettered: usize,
+}
+
+impl LayerReport {
+    pub fn add(&mut self, other: &LayerReport) {
+        self.rows_in += other.rows_in;
+        self.rows_out += other.rows_out;
+        self.commits += other.commits;
+        self.dropped_by_expectations += other.dropped_by_expectations;
+        self.table_version = other.table_version.or(self.table_version);
+        self.dead_lettered += other.dead_lettered;
+        for (name, n) in &other.counters {
+            *self.counters.entry(name.clone()).or_default() += n;
+        }
+    }
+}
+
+impl fmt::Display for LayerReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} rows in, {} rows out, {} commits",
+            self.rows_in, self.rows_out, self.commits
+        )?;
+        if self.dropped_by_expectations > 0 {
+            write!(
+                f,
+                ", {} dropped by expectations",
+                self.dropped_by_expectations
+            )?;
+        }
+        if self.dead_lettered > 0 {
+            write!(f, ", {} rows dead-lettered", self.dead_lettered)?;
+        }
+        if let Some(v) = self.table_version {
+            write!(f, ", table at version {v}")?;
+        }
+        for (i, (name, n)) in self.counters.iter().enumerate() {
+            let lead = if i == 0 { "; component counted " } else { ", " };
+            write!(f, "{lead}{name}={n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The instantiated components of a pipeline's layers.
+pub struct Layers {
+    bronze: Transform,
+    silver: Transform,
+    gold: Vec<(String, Transform)>,
+}
+
+impl Layers {
+    /// Compiles and instantiates every layer's component (and so checks their exports).
+    pub fn load(host: &WasmHost, pipeline: &Pipeline) -> Result<Self> {
+        let instantiate = |stage: &str, layer: &crate::config::LayerConfig, world: World| {
+            let loaded: LoadedComponent = host.load(&layer.component, world)?;
+            Ok::<_, LakehouseError>(loaded.instantiate(stage, &layer.component_config)?)
+        };
+        let bronze = instantiate("bronze", &pipeline.bronze.layer, World::RowTransform)?;
+        let silver = instantiate("silver", &pipeline.silver.layer, World::RowTransform)?;
+        let mut gold = Vec::new();
+        for (name, g) in &pipeline.gold {
+            let stage = format!("gold.{name}");
+            gold.push((
+                name.clone(),
+                instantiate(&stage, &g.layer, World::Aggregate)?,
+            ));
+        }
+        Ok(Self {
+            bronze,
+            silver,
+            gold,
+        })
+    }
+
+    /// One pass of bronze, silver and every gold table over whatever input is new.
+    pub async fn run_once(&mut self, pipeline: &Pipeline) -> Result<Vec<(String, LayerReport)>> {
+        let mut bronze = bronze_pass(pipeline, &mut self.bronze).await?;
+        bronze.counters = self.bronze.take_counters();
+        let mut out = vec![("bronze".to_owned(), bronze)];
+        let mut silver = silver_pass(pipeline, &mut self.silver).await?;
+        silver.counters = self.silver.take_counters();
+        out.push(("silver".to_owned(), silver));
+        for (name, transform) in &mut self.gold {
+            let mut gold = gold_pass(pipeline, name, transform).await?;
+            gold.counters = transform.take_counters();
+            out.push((format!("gold.{name}"), gold));
+        }
+        Ok(out)
+    }
+
+    /// Runs sample landing rows through every layer, writing nothing, and checks that each layer's
+    /// output has what the next stage needs (`weir validate --sample`). Returns each layer's output.
+    pub async fn run_sample(
+        &mut self,
+        pipeline: &Pipeline,
+        landing: &RecordBatch,
+    ) -> Result<Vec<(String, RecordBatch)>> {
+        const LABEL: &str = "the sample";
+        let bronze = self.bronze.call(landing, LABEL)?;
+        let bronze = with_ingestion_metadata(&bronze, LABEL).map_err(|e| stage_err("bronze", e))?;
+        let silver_needs = pipeline
+            .silver
+            .keys
+            .iter()
+            .chain(&pipeline.silver.sequence_by);
+        require_columns(
+            "bronze",
+            &bronze,
+            silver_needs,
+            "[silver] keys and sequence_by",
+        )?;
+        let silver = self.silver.call(&bronze, LABEL)?;
+        require_columns("silver", &silver, &pipeline.silver.keys, "[silver] keys")?;
+        // Expectations are SQL over silver's rows: this also checks that they parse and type.
+        let (kept, _) = apply_expectations(pipeline, silver.clone()).await?;
+        let mut out = vec![("bronze".to_owned(), bronze), ("silver".to_owned(), silver)];
+        let Some(kept) = kept.filter(|k| k.num_rows() > 0) else {
+            return Ok(out);
+        };
+        // Gold reads silver's rows as inserts.
+        let stored = without_columns(&kept, &SILVER_DROPPED).map_err(|e| stage_err("silver", e))?;
+        let inserts = StringArray::from(vec!["insert"; stored.num_rows()]);
+        for (name, transform) in &mut self.gold {
+            let stage = format!("gold.{name}");
+            let Some(cfg) = pipeline.gold.get(name) else {
+                continue;
+            };
+            let Some(weighted) = weigh(&stage, vec![(stored.clone(), inserts.clone())])? else {
+                continue;
+            };
+            let deltas = transform.call(&weighted, LABEL)?;
+            let needs = cfg.keys.iter().chain(std::iter::once(&cfg.count_column));
+            require_columns(
+                &stage,
+                &deltas,
+                needs,
+                &format!("[gold.{name}] keys and count_column"),
+            )?;
+            out.push((stage, deltas));
+        }
+        Ok(out)
+    }
+}
+
+/// Fails unless `batch`, the output of `stage`'s component, has every column of `needed`.
+fn require_columns<'a>(
+    stage: &str,
+    batch: &RecordBatch,
+    needed: impl IntoIterator<Item = &'a String>,
+    named_by: &str,
+) -> Result<()> {
+    let schema = batch.schema();
+    for column in needed {
+        if schema.column_with_name(column).is_none() {
+            let has: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(stage_err(
+                stage,
+                format!(
+                    "the component's output has no column `{column}`, which {named_by} name; it has: {}",
+                    has.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `batch` without the named columns.
+fn without_columns(batch: &RecordBatch, dropped: &[&str]) -> arrow::error::Result<RecordBatch> {
+    let schema = batch.schema();
+    let kept: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| !dropped.contains(&schema.field(i).name().as_str()))
+        .collect();
+    batch.project(&kept)
+}
+
+/// Routes a batch a layer's component failed on to the pipeline's dead-letter location: the batch as
+/// Parquet and the error as JSON beside it, named after the stage and the batch, so a rerun over the
+/// same input overwrites rather than repeats. Without a dead-letter location the error stops the
+/// pipeline, as it is returned.
+async fn dead_letter(
+    pipeline: &Pipeline,
+    stage: &str,
+    label: &str,
+    batch: &RecordBatch,
+    error: WasmError,
+) -> Result<()> {
+    let Some(location) = &pipeline.dead_letter_location else {
+        return Err(error.into());
+    };
+    let name: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let (store, root) = storage::open(location)?;
+    let folder = root.join(stage);
+    let parquet = landing::write_parquet(batch).map_err(|e| stage_err(stage, e))?;
+    storage::put(
+        &*store,
+        &folder.clone().join(format!("{name}.parquet")),
+        parquet,
+    )
+    .await?;
+    let record = serde_json::json!({
+        "stage": stage,
+        "batch": label,
+        "rows": batch.num_rows(),
+        "error": error.to_string(),
+        "at": chrono::Utc::now().to_rfc3339(),
+    });
+    storage::put(
+        &*store,
+        &folder.join(format!("{name}.error.json")),
+        record.to_string().into_bytes(),
+    )
+    .await?;
+    tracing::warn!(stage, batch = label, rows = batch.num_rows(), location = %location, error = %error, "batch dead-lettered");
+    Ok(())
+}
+
+fn delta_err(stage: &str, table: &str) -> impl FnOnce(DeltaTableError) -> LakehouseError {
+    let (stage, table) = (stage.to_owned(), table.to_owned());
+    move |source| LakehouseError::Delta {
+        stage,
+        table,
+        source,
+    }
+}
+
+fn stage_err(stage: &str, message: impl fmt::Display) -> LakehouseError {
+    LakehouseError::Stage {
+        stage: stage.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// Opens the table at `location`, or returns an uninitialised handle if it does not exist yet.
+async fn open(stage: &str, location: &str) -> Result<DeltaTable> {
+    let url = deltalake::ensure_table_uri(location).map_err(delta_err(stage, location))?;
+    DeltaTable::try_from_url(url)
+        .await
+        .map_err(delta_err(stage, location))
+}
+
+async fn txn_version(
+    stage: &str,
+    location: &str,
+    table: &DeltaTable,
+    app_id: &str,
+) -> Result<Option<i64>> {
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    let snapshot = table.snapshot().map_err(delta_err(stage, location))?;
+    snapshot
+        .transaction_version(&table.log_store(), app_id)
+        .await
+        .map_err(delta_err(stage, location))
+}
+
+fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
+    CommitProperties::default().with_application_transactions(txns)
+}
+
+/// Records progress without data, for batches that produced no rows.
+async fn commit_progress_only(
+    stage: &str,
+    location: &str,
+    table: &mut DeltaTable,
+    txns: Vec<Transaction>,
+) -> Result<()> {
+    let snapshot = table.snapshot().map_err(delta_err(stage, location))?;
+    CommitBuilder::from(commit_properties(txns))
+        .with_actions(vec![])
+        .build(
+            Some(snapshot as &dyn TableReference),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(delta_err(stage, location))?;
+    table
+        .update_state()
+        .await
+        .map_err(delta_err(stage, location))?;
+    Ok(())
+}
+
+fn app_id(pipeline: &Pipeline, stage: &str) -> String {
+    format!("weir:{}:{stage}", pipeline.name)
+}
+
+/// Creates a table (with change data feed) whose columns are `columns` of `like`.
+async fn create_table(
+    stage: &str,
+    location: &str,
+    table: DeltaTable,
+    like: &RecordBatch,
+    columns: &[String],
+    partition_by: &[String],
+) -> Result<DeltaTable> {
+    use deltalake::kernel::StructType;
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+    let schema = like.schema();
+    let fields: Vec<Field> = columns
+        .iter()
+        .filter_map(|c| schema.field_with_name(c).ok())
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let arrow_schema = Schema::new(fields);
+    let delta_schema: StructType = (&arrow_schema)
+        .try_into_kernel()
+        .map_err(|e| stage_err(stage, e))?;
+    table
+        .create()
+        .with_columns(delta_schema.fields().cloned())
+        .with_partition_columns(partition_by.iter().cloned())
+        .with_configuration(table_properties(stage))
+        // `quality` is not a Delta property: it is the medallion layer's, as DLT sets it.
+        .with_raise_if_key_not_exists(false)
+        .with_save_mode(SaveMode::Ignore)
+        .await
+        .map_err(delta_err(stage, location))
+}
+
+/// Properties of a layer's table: its change feed (which the next layer reads), and its medallion
+/// `quality` (bronze, silver or gold), the table property DLT pipelines set.
+fn table_properties(stage: &str) -> [(&'static str, Option<&str>); 2] {
+    let quality = stage.split('.').next().unwrap_or(stage);
+    [
+        ("delta.enableChangeDataFeed", Some("true")),
+        ("quality", Some(quality)),
+    ]
+}
+
+/// Reads a table's change feed for versions `from..=to`, without the change-feed columns, with
+/// each batch's change types (`insert`, `update_preimage`, `update_postimage`, `delete`).
+async fn read_changes(
+    stage: &str,
+    location: &str,
+    table: DeltaTable,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(RecordBatch, StringArray)>> {
+    let ctx = SessionContext::new();
+    let plan = table
+        .scan_cdf()
+        .with_starting_version(from)
+        .with_ending_version(to)
+        .build(&ctx.state(), None)
+        .await
+        .map_err(delta_err(stage, location))?;
+    let batches = collect(plan, ctx.task_ctx())
+        .await
+        .map_err(|e| delta_err(stage, location)(e.into()))?;
+    let mut out = Vec::new();
+    for b in batches {
+        let change_type = b
+            .column_by_name("_change_type")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .cloned()
+            .ok_or_else(|| {
+                stage_err(
+                    stage,
+                    format!("change feed of {location} has no _change_type"),
+                )
+            })?;
+        let keep: Vec<usize> = b
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !CDF_COLUMNS.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let projected = b.project(&keep).map_err(|e| stage_err(stage, e))?;
+        out.push((projected, change_type));
+    }
+    Ok(out)
+}
+
+fn concat(stage: &str, batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    let schema = first.schema();
+    arrow::compute::concat_batches(&schema, &batches)
+        .map(Some)
+        .map_err(|e| stage_err(stage, e))
+}
+
+/// The MERGE condition pairing source and target rows by `keys`.
+fn keys_match(keys: &[String]) -> String {
+    keys.iter()
+        .map(|k| format!("target.{} = source.{}", q(k), q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn q(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// `batch` with `extra` columns appended.
+fn with_columns(
+    batch: &RecordBatch,
+    extra: Vec<(Field, ArrayRef)>,
+) -> arrow::error::Result<RecordBatch> {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    for (field, column) in extra {
+        fields.push(field);
+        columns.push(column);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+// ---------------- queries ----------------
+
+/// Runs SQL over the pipeline's tables, registered as `bronze`, `silver` and `gold_<name>`.
+pub async fn query(pipeline: &Pipeline, sql: &str) -> Result<Vec<RecordBatch>> {
+    const STAGE: &str = "query";
+    let ctx = SessionContext::new();
+    let mut tables: Vec<(String, &String)> = vec![
+        ("bronze".into(), &pipeline.bronze.layer.table),
+        ("silver".into(), &pipeline.silver.layer.table),
+    ];
+    tables.extend(
+        pipeline
+            .gold
+            .iter()
+            .map(|(n, g)| (format!("gold_{n}"), &g.layer.table)),
+    );
+    for (name, location) in tables {
+        let table = open(STAGE, location).await?;
+        if table.version().is_none() {
+            continue;
+        }
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| stage_err(STAGE, e))?;
+        ctx.register_table(name.as_str(), provider)
+            .map_err(|e| stage_err(STAGE, e))?;
+    }
+    let df = ctx.sql(sql).await.map_err(|e| stage_err(STAGE, e))?;
+    df.collect().await.map_err(|e| stage_err(STAGE, e))
+}

@@ -178,7 +178,31 @@ pub struct SilverConfig {
     pub sequence_by: Vec<String>,
     /// SQL predicate over the incoming row marking it as a delete, as DLT's `APPLY AS DELETE WHEN`.
     pub apply_as_deletes: String,
+    /// SQL predicate marking a row as a truncate of the whole table (`APPLY AS TRUNCATE WHEN`);
+    /// without it, rows without a key (what a truncate becomes) are dropped and counted.
+    pub apply_as_truncates: Option<String>,
+    /// The columns silver keeps: `column_list` (keys and `sequence_by` always), or all but
+    /// `except_column_list`.
+    pub columns: ColumnSelection,
+    /// Whether an update's null columns keep the stored values (`IGNORE NULL UPDATES`).
+    pub ignore_null_updates: bool,
     pub expectations: Vec<Expectation>,
+}
+
+/// DLT's `COLUMNS (...)` / `COLUMNS * EXCEPT (...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnSelection {
+    Only(Vec<String>),
+    AllExcept(Vec<String>),
+}
+
+impl ColumnSelection {
+    pub fn keeps(&self, column: &str) -> bool {
+        match self {
+            Self::Only(list) => list.iter().any(|c| c == column),
+            Self::AllExcept(list) => !list.iter().any(|c| c == column),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +401,11 @@ struct RawSilver {
     sequence_by: Vec<String>,
     #[serde(default = "default_apply_as_deletes")]
     apply_as_deletes: String,
+    apply_as_truncates: Option<String>,
+    column_list: Option<Spanned<Vec<String>>>,
+    except_column_list: Option<Vec<String>>,
+    #[serde(default)]
+    ignore_null_updates: bool,
     #[serde(default)]
     expectations: Vec<Expectation>,
 }
@@ -513,6 +542,40 @@ impl Pipeline {
                 "name at least one key column",
             ));
         }
+        let silver_columns = match (raw.silver.column_list, raw.silver.except_column_list) {
+            (Some(only), None) => {
+                // Keys and sequence columns are what APPLY CHANGES works by: always kept.
+                let mut only = only.into_inner();
+                for needed in silver_keys.iter().chain(&raw.silver.sequence_by) {
+                    if !only.contains(needed) {
+                        only.push(needed.clone());
+                    }
+                }
+                ColumnSelection::Only(only)
+            }
+            (None, except) => {
+                let except = except.unwrap_or_default();
+                if let Some(needed) = silver_keys
+                    .iter()
+                    .chain(&raw.silver.sequence_by)
+                    .find(|c| except.contains(c))
+                {
+                    return Err(ctx.invalid(
+                        &raw.silver.keys,
+                        "silver.except_column_list",
+                        &format!("`{needed}` is a key or sequence_by column: silver needs it"),
+                    ));
+                }
+                ColumnSelection::AllExcept(except)
+            }
+            (Some(only), Some(_)) => {
+                return Err(ctx.invalid(
+                    &only,
+                    "silver.column_list",
+                    "set column_list or except_column_list, not both",
+                ));
+            }
+        };
         let mut gold = BTreeMap::new();
         for (gold_name, g) in raw.gold {
             let key = format!("gold.{gold_name}");
@@ -602,6 +665,9 @@ impl Pipeline {
                 keys: silver_keys,
                 sequence_by: raw.silver.sequence_by,
                 apply_as_deletes: raw.silver.apply_as_deletes,
+                apply_as_truncates: raw.silver.apply_as_truncates,
+                columns: silver_columns,
+                ignore_null_updates: raw.silver.ignore_null_updates,
                 expectations: raw.silver.expectations,
             },
             gold,

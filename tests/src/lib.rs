@@ -215,6 +215,7 @@ component = "{guests}/silver_dedup.wasm"
 table = "{lake}/silver/onlineshop"
 keys = ["id"]
 sequence_by = ["commit_lsn", "lsn"]
+apply_as_truncates = "op = 't'"
 
 [gold.sales_report]
 component = "{guests}/gold_aggregates.wasm"

@@ -2,7 +2,8 @@
 //! rows with their change metadata.
 //!
 //! A delete carries its row in `before` (under `REPLICA IDENTITY DEFAULT` only the key is set
-//! there), every other change in `after`. Truncates are dropped here and counted.
+//! there), every other change in `after`. A truncate becomes a row without key or data (op `t`):
+//! silver applies it to the whole table, as `apply_as_truncates` says.
 
 mod parse;
 
@@ -41,7 +42,7 @@ weir_guest::export_row_transform!(BronzeCleanup);
 pub fn output_schema() -> SchemaRef {
     let utc = Some(Arc::from("UTC"));
     Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
+        Field::new("id", DataType::Int64, true),
         Field::new("transactionno", DataType::Utf8, true),
         Field::new("date", DataType::Date32, true),
         Field::new("productno", DataType::Utf8, true),
@@ -128,39 +129,18 @@ pub fn cleanup(batch: &RecordBatch) -> Result<RecordBatch> {
     for row in 0..rows {
         let op = required(row, "op", op.is_valid(row).then(|| op.value(row)))?;
         let image = match op {
-            "t" => {
-                truncates += 1;
-                continue;
-            }
-            "d" => &before,
-            "c" | "u" | "r" => &after,
+            "t" => None,
+            "d" => Some(&before),
+            "c" | "u" | "r" => Some(&after),
             other => return Err(TransformError::at_row(row, format!("unknown op `{other}`"))),
         };
-
-        let id = cell(row, "id", || parse::integer(image.id.value(row)))?.ok_or_else(|| {
-            TransformError::at_row(
-                row,
-                format!("no `id` in `{}` of a `{op}` event", image.name),
-            )
-        })?;
-        let transactionno = cell(row, "transactionno", || {
-            parse::text(image.transactionno.value(row))
-        })?;
-        let date = cell(row, "date", || parse::date(image.date.value(row)))?;
-        let productno = cell(row, "productno", || parse::text(image.productno.value(row)))?;
-        let productname = cell(row, "productname", || {
-            parse::text(image.productname.value(row))
-        })?;
-        let price = cell(row, "price", || parse::price(image.price.value(row)))?;
-        let quantity = cell(row, "quantity", || {
-            parse::integer(image.quantity.value(row))
-        })?;
-        let customerno = cell(row, "customerno", || {
-            parse::text(image.customerno.value(row))
-        })?
-        .filter(|customer| !customer.is_empty());
-        let country = cell(row, "country", || parse::text(image.country.value(row)))?;
-        let is_cancellation = is_cancellation(transactionno.as_deref(), quantity);
+        match image {
+            Some(image) => out.append_image(row, op, image)?,
+            None => {
+                truncates += 1;
+                out.append_truncate();
+            }
+        }
 
         let op_ts = match columns::get(&source_ts_ms, row) {
             Some(ms) => Some(ms.checked_mul(1000).ok_or_else(|| {
@@ -168,17 +148,6 @@ pub fn cleanup(batch: &RecordBatch) -> Result<RecordBatch> {
             })?),
             None => None,
         };
-
-        out.id.append_value(id);
-        out.transactionno.append_option(transactionno);
-        out.date.append_option(date);
-        out.productno.append_option(productno);
-        out.productname.append_option(productname);
-        out.price.append_option(price);
-        out.quantity.append_option(quantity);
-        out.customerno.append_option(customerno);
-        out.country.append_option(country);
-        out.is_cancellation.append_option(is_cancellation);
         let lsn = required(row, "source_lsn", columns::get(&lsn, row))?;
         out.op.append_value(op);
         // Snapshot reads carry the slot's consistent point in both; older files had no commit LSN.
@@ -197,7 +166,7 @@ pub fn cleanup(batch: &RecordBatch) -> Result<RecordBatch> {
     }
 
     let output = out.finish()?;
-    host::count("truncates_skipped", truncates);
+    host::count("truncates", truncates);
     host::count("rows", output.num_rows() as u64);
     Ok(output)
 }
@@ -235,6 +204,60 @@ struct Output {
 }
 
 impl Output {
+    /// The table's columns of one change, read from its image.
+    fn append_image(&mut self, row: usize, op: &str, image: &Image) -> Result<()> {
+        let id = cell(row, "id", || parse::integer(image.id.value(row)))?.ok_or_else(|| {
+            TransformError::at_row(
+                row,
+                format!("no `id` in `{}` of a `{op}` event", image.name),
+            )
+        })?;
+        let transactionno = cell(row, "transactionno", || {
+            parse::text(image.transactionno.value(row))
+        })?;
+        let date = cell(row, "date", || parse::date(image.date.value(row)))?;
+        let productno = cell(row, "productno", || parse::text(image.productno.value(row)))?;
+        let productname = cell(row, "productname", || {
+            parse::text(image.productname.value(row))
+        })?;
+        let price = cell(row, "price", || parse::price(image.price.value(row)))?;
+        let quantity = cell(row, "quantity", || {
+            parse::integer(image.quantity.value(row))
+        })?;
+        let customerno = cell(row, "customerno", || {
+            parse::text(image.customerno.value(row))
+        })?
+        .filter(|customer| !customer.is_empty());
+        let country = cell(row, "country", || parse::text(image.country.value(row)))?;
+        let is_cancellation = is_cancellation(transactionno.as_deref(), quantity);
+
+        self.id.append_value(id);
+        self.transactionno.append_option(transactionno);
+        self.date.append_option(date);
+        self.productno.append_option(productno);
+        self.productname.append_option(productname);
+        self.price.append_option(price);
+        self.quantity.append_option(quantity);
+        self.customerno.append_option(customerno);
+        self.country.append_option(country);
+        self.is_cancellation.append_option(is_cancellation);
+        Ok(())
+    }
+
+    /// A truncate concerns no row: no key, no columns.
+    fn append_truncate(&mut self) {
+        self.id.append_null();
+        self.transactionno.append_null();
+        self.date.append_null();
+        self.productno.append_null();
+        self.productname.append_null();
+        self.price.append_null();
+        self.quantity.append_null();
+        self.customerno.append_null();
+        self.country.append_null();
+        self.is_cancellation.append_null();
+    }
+
     fn with_capacity(rows: usize) -> Result<Self> {
         let text = || StringBuilder::with_capacity(rows, rows * 16);
         Ok(Self {

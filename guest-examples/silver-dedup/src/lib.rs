@@ -2,13 +2,21 @@
 //!
 //! Per `id`, only the last change by (`commit_lsn`, `lsn`, `kafka_offset`) is kept, deletes
 //! included (the host applies them); the output is ordered by `id` and keeps every input column, so
-//! host columns such as `_ingested_at` pass through. Data-quality expectations are the host's job.
+//! host columns such as `_ingested_at` pass through. Rows without an `id` (truncates) pass through
+//! after them. Data-quality expectations are the host's job.
+//!
+//! A kept update whose text column holds Debezium's unchanged-TOAST placeholder takes the value
+//! from the key's previous change in the batch, which the dropped changes would otherwise take
+//! with them (the host fills it from the stored row when there is none).
 //!
 //! A change's own LSN can be below an earlier-committed transaction's, hence `commit_lsn` first;
 //! without that column (older bronze tables) the order is (`lsn`, `kafka_offset`).
 
-use arrow::array::UInt32Array;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringViewArray, UInt32Array};
 use arrow::compute::take_record_batch;
+use arrow::datatypes::DataType;
 use arrow::datatypes::Int64Type;
 use serde::Deserialize;
 use weir_guest::columns;
@@ -65,13 +73,18 @@ pub fn dedup(batch: &RecordBatch) -> Result<RecordBatch> {
         .map_err(|_| TransformError::new("a batch of more than u32::MAX rows"))?;
 
     let mut changes = Vec::with_capacity(batch.num_rows());
+    let mut unkeyed = Vec::new();
     for row in 0..row_limit {
         let index = row as usize;
         let read = |name: &str, value: Option<i64>| {
             value.ok_or_else(|| TransformError::at_row(index, format!("`{name}` is null")))
         };
+        let Some(id) = columns::get(&ids, index) else {
+            unkeyed.push(row);
+            continue;
+        };
         changes.push(Change {
-            id: read("id", columns::get(&ids, index))?,
+            id,
             commit_lsn: match &commit_lsns {
                 Some(commit_lsns) => read("commit_lsn", columns::get(commit_lsns, index))?,
                 None => 0,
@@ -89,15 +102,81 @@ pub fn dedup(batch: &RecordBatch) -> Result<RecordBatch> {
         match changes.get(position + 1) {
             Some(next) if next.same_event(change) => duplicates += 1,
             Some(next) if next.id == change.id => superseded += 1,
-            _ => keep.push(change.row),
+            _ => keep.push(position),
         }
     }
 
-    let output = take_record_batch(batch, &UInt32Array::from(keep))?;
+    let rows: Vec<u32> = keep
+        .iter()
+        .map(|&position| changes[position].row)
+        .chain(unkeyed.iter().copied())
+        .collect();
+    let output = take_record_batch(batch, &UInt32Array::from(rows))?;
+    let output = carry_toasted_values(batch, output, &changes, &keep)?;
     host::count("duplicates_dropped", duplicates);
     host::count("superseded_dropped", superseded);
     host::count("rows", output.num_rows() as u64);
     Ok(output)
+}
+
+/// The text at `row` of a `Utf8` or `Utf8View` column (what Arrow readers such as DataFusion's
+/// give); `None` for a null or another type.
+fn text_at(array: &dyn Array, row: usize) -> Option<&str> {
+    if let Some(strings) = array.as_string_opt::<i32>() {
+        return strings.is_valid(row).then(|| strings.value(row));
+    }
+    let views = array.as_string_view_opt()?;
+    views.is_valid(row).then(|| views.value(row))
+}
+
+/// What Debezium writes for a TOASTed value the change did not touch.
+const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
+
+/// Replaces placeholders in the kept changes (`output`'s first rows, `keep`'s positions in the
+/// sorted `changes`) with the key's latest earlier value in `input`, when the batch has one.
+fn carry_toasted_values(
+    input: &RecordBatch,
+    output: RecordBatch,
+    changes: &[Change],
+    keep: &[usize],
+) -> Result<RecordBatch> {
+    let ops = input.column_by_name("op");
+    let is_delete = |row: usize| ops.is_some_and(|ops| text_at(ops.as_ref(), row) == Some("d"));
+    let mut columns = output.columns().to_vec();
+    for (index, column) in columns.iter_mut().enumerate() {
+        let all = input.column(index).as_ref();
+        let placeholder =
+            |array: &dyn Array, row: usize| text_at(array, row) == Some(UNAVAILABLE_VALUE);
+        if !(0..keep.len()).any(|row| placeholder(column.as_ref(), row)) {
+            continue;
+        }
+        let kept = column.as_ref();
+        let carried: Vec<Option<&str>> = (0..kept.len())
+            .map(|row| {
+                let own = text_at(kept, row);
+                let Some(&position) = keep.get(row).filter(|_| placeholder(kept, row)) else {
+                    return own;
+                };
+                let id = changes[position].id;
+                let earlier = changes[..position]
+                    .iter()
+                    .rev()
+                    .take_while(|c| c.id == id)
+                    .map(|c| c.row as usize)
+                    .find(|&r| !placeholder(all, r));
+                match earlier {
+                    Some(r) if !is_delete(r) => text_at(all, r).or(own),
+                    _ => own,
+                }
+            })
+            .collect();
+        let carried: ArrayRef = match kept.data_type() {
+            DataType::Utf8View => Arc::new(StringViewArray::from(carried)),
+            _ => Arc::new(StringArray::from(carried)),
+        };
+        *column = carried;
+    }
+    Ok(RecordBatch::try_new(output.schema(), columns)?)
 }
 
 #[cfg(test)]
@@ -326,6 +405,78 @@ mod tests {
         let input = bronze(&[]);
         let out = run(&input)?;
         assert_eq!((out.num_rows(), out.schema()), (0, input.schema()));
+        Ok(())
+    }
+
+    /// (id, lsn, op, productname): rows with a text column that may be a TOAST placeholder.
+    fn with_text(rows: &[(Option<i64>, i64, &str, Option<&str>)]) -> RecordBatch {
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "id",
+                Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>()),
+            ),
+            (
+                "op",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ),
+            (
+                "lsn",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "kafka_offset",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "productname",
+                Arc::new(rows.iter().map(|r| r.3).collect::<StringArray>()),
+            ),
+        ];
+        RecordBatch::try_from_iter(columns).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn texts(out: &RecordBatch) -> Vec<Option<String>> {
+        let names = columns::utf8(out, "productname").unwrap_or_else(|e| panic!("{e}"));
+        (0..out.num_rows())
+            .map(|i| names.is_valid(i).then(|| names.value(i).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn rows_without_a_key_pass_through_after_the_keyed_ones() -> Result<()> {
+        let out = run(&with_text(&[
+            (Some(2), 10, "c", Some("b")),
+            (None, 20, "t", None),
+            (Some(1), 30, "c", Some("a")),
+            (Some(2), 40, "u", Some("b2")),
+        ]))?;
+        let ids = columns::primitive::<Int64Type>(&out, "id")?;
+        let ids: Vec<Option<i64>> = (0..out.num_rows()).map(|i| columns::get(&ids, i)).collect();
+        assert_eq!(ids, [Some(1), Some(2), None]);
+        assert_eq!(columns::utf8(&out, "op")?.value(2), "t");
+        Ok(())
+    }
+
+    #[test]
+    fn an_unchanged_toasted_value_is_taken_from_the_keys_earlier_change() -> Result<()> {
+        let out = run(&with_text(&[
+            (Some(1), 10, "c", Some("a long description")),
+            (Some(1), 20, "u", Some(UNAVAILABLE_VALUE)),
+            (Some(1), 30, "u", Some(UNAVAILABLE_VALUE)),
+            // Nothing earlier in the batch: the host fills it from the stored row.
+            (Some(2), 40, "u", Some(UNAVAILABLE_VALUE)),
+            // Not across a delete.
+            (Some(3), 50, "d", None),
+            (Some(3), 60, "u", Some(UNAVAILABLE_VALUE)),
+        ]))?;
+        assert_eq!(
+            texts(&out),
+            [
+                Some("a long description".to_owned()),
+                Some(UNAVAILABLE_VALUE.to_owned()),
+                Some(UNAVAILABLE_VALUE.to_owned()),
+            ]
+        );
         Ok(())
     }
 }

@@ -2,7 +2,10 @@
 
 use super::*;
 
-pub(super) async fn bronze_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<LayerReport> {
+pub(super) async fn bronze_pass(
+    pipeline: &Pipeline,
+    transform: &mut Transform,
+) -> Result<LayerReport> {
     const STAGE: &str = "bronze";
     let location = &pipeline.bronze.layer.table;
     let mut table = open(STAGE, location).await?;
@@ -190,4 +193,3 @@ pub(super) fn with_ingestion_metadata(
         ],
     )
 }
-

@@ -68,7 +68,10 @@ pub(super) async fn gold_pass(
 }
 
 /// Change-feed rows as weighted rows: +1 entering the table, −1 leaving it.
-pub(super) fn weigh(stage: &str, changes: Vec<(RecordBatch, StringArray)>) -> Result<Option<RecordBatch>> {
+pub(super) fn weigh(
+    stage: &str,
+    changes: Vec<(RecordBatch, StringArray)>,
+) -> Result<Option<RecordBatch>> {
     let mut out = Vec::new();
     for (batch, change_type) in changes {
         let weights: Int64Array = change_type

@@ -181,6 +181,16 @@ impl Layers {
         Ok(out)
     }
 
+    /// Applies bronze rows to silver as one batch, as a pass does with new bronze versions, but
+    /// without recording progress: for replaying bronze into a new silver table, in any order.
+    pub async fn replay_into_silver(
+        &mut self,
+        pipeline: &Pipeline,
+        bronze_rows: &RecordBatch,
+    ) -> Result<()> {
+        silver::apply_batch(pipeline, &mut self.silver, bronze_rows).await
+    }
+
     /// Runs sample landing rows through every layer, writing nothing, and checks that each layer's
     /// output has what the next stage needs (`weir validate --sample`). Returns each layer's output.
     pub async fn run_sample(

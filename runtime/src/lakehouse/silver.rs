@@ -1,8 +1,16 @@
 //! Silver: APPLY CHANGES INTO a Delta table, keyed and sequenced.
 
-use super::*;
+use arrow::array::BooleanArray;
+use deltalake::datafusion::logical_expr::lit;
+use deltalake::datafusion::scalar::ScalarValue;
 
-pub(super) async fn silver_pass(pipeline: &Pipeline, transform: &mut Transform) -> Result<LayerReport> {
+use super::*;
+use crate::config::SilverConfig;
+
+pub(super) async fn silver_pass(
+    pipeline: &Pipeline,
+    transform: &mut Transform,
+) -> Result<LayerReport> {
     const STAGE: &str = "silver";
     let silver_location = &pipeline.silver.layer.table;
     let mut report = LayerReport::default();
@@ -55,7 +63,7 @@ pub(super) async fn silver_pass(pipeline: &Pipeline, transform: &mut Transform) 
         match changes {
             Some(batch) if batch.num_rows() > 0 => {
                 report.rows_out += batch.num_rows();
-                silver = merge_silver(pipeline, silver, batch, txn).await?;
+                silver = apply_changes(pipeline, silver, batch, txn).await?;
             }
             _ => {
                 if silver.version().is_some() {
@@ -68,6 +76,21 @@ pub(super) async fn silver_pass(pipeline: &Pipeline, transform: &mut Transform) 
     }
     report.table_version = silver.version();
     Ok(report)
+}
+
+pub(super) async fn apply_batch(
+    pipeline: &Pipeline,
+    transform: &mut Transform,
+    bronze_rows: &RecordBatch,
+) -> Result<()> {
+    const STAGE: &str = "silver";
+    let out = transform.call(bronze_rows, "replayed bronze rows")?;
+    let (kept, _) = apply_expectations(pipeline, out).await?;
+    if let Some(changes) = kept.filter(|k| k.num_rows() > 0) {
+        let silver = open(STAGE, &pipeline.silver.layer.table).await?;
+        apply_changes(pipeline, silver, changes, Vec::new()).await?;
+    }
+    Ok(())
 }
 
 /// Applies the silver expectations (SQL predicates) to the component's output.
@@ -131,21 +154,37 @@ pub(super) async fn apply_expectations(
 /// Columns bronze carries that silver does not keep.
 pub(super) const SILVER_DROPPED: [&str; 1] = ["op"];
 
-async fn merge_silver(
+/// What Debezium writes for an unchanged TOASTed value, which the stored row still holds.
+const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
+
+/// Where silver keeps what APPLY CHANGES must remember beyond the table itself: per key, the
+/// sequence of its last delete (so an older insert delivered late is not resurrected), and the
+/// sequence of each truncate. A Delta table in the silver table's folder, hidden from readers as
+/// `_`-prefixed folders are.
+fn tombstones_location(silver: &str) -> String {
+    format!("{}/_weir_tombstones", silver.trim_end_matches('/'))
+}
+
+const TRUNCATE_FLAG: &str = "__truncate";
+const DELETE_FLAG: &str = "__delete";
+
+/// APPLY CHANGES of one batch (at most one change per key, the component's output) into silver:
+/// truncates first, then keyed changes that are newer than what silver and its tombstones hold.
+async fn apply_changes(
     pipeline: &Pipeline,
     silver: DeltaTable,
     changes: RecordBatch,
     txns: Vec<Transaction>,
 ) -> Result<DeltaTable> {
     const STAGE: &str = "silver";
-    let location = &pipeline.silver.layer.table;
     let cfg = &pipeline.silver;
+    let location = &cfg.layer.table;
     let target_columns: Vec<String> = changes
         .schema()
         .fields()
         .iter()
         .map(|f| f.name().clone())
-        .filter(|n| !SILVER_DROPPED.contains(&n.as_str()))
+        .filter(|n| !SILVER_DROPPED.contains(&n.as_str()) && cfg.columns.keeps(n))
         .collect();
     for required in cfg.keys.iter().chain(&cfg.sequence_by) {
         if !target_columns.contains(required) {
@@ -157,7 +196,7 @@ async fn merge_silver(
             ));
         }
     }
-    let silver = if silver.version().is_none() {
+    let mut silver = if silver.version().is_none() {
         create_table(
             STAGE,
             location,
@@ -170,15 +209,343 @@ async fn merge_silver(
     } else {
         silver
     };
+
+    let ctx = SessionContext::new();
+    ctx.register_batch("changes", changes)
+        .map_err(|e| stage_err(STAGE, e))?;
+    let (truncates, keyed) = split_truncates(&ctx, cfg).await?;
+    let tombstones_at = tombstones_location(location);
+    let mut tombstones = open(STAGE, &tombstones_at).await?;
+    if let Some(truncate) = truncates {
+        let rows = tombstone_rows(&truncate, cfg, true).await?;
+        tombstones = record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
+        silver = truncate_older(location, silver, &truncate, cfg).await?;
+    }
+    let keyed = match tombstones.version() {
+        Some(_) => drop_superseded(&ctx, keyed, &tombstones, cfg).await?,
+        None => keyed,
+    };
+    let rows = tombstone_rows(&keyed, cfg, false).await?;
+    if rows.num_rows() > 0 && (tombstones.version().is_some() || has_true(&rows, DELETE_FLAG)) {
+        tombstones = record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
+    }
+    drop(tombstones);
+    merge_keyed(location, silver, keyed, &target_columns, cfg, txns).await
+}
+
+/// Splits the batch into its latest truncate (if any) and its keyed changes. Rows without a key
+/// that are not truncates cannot be applied: they are dropped with a warning.
+async fn split_truncates(
+    ctx: &SessionContext,
+    cfg: &SilverConfig,
+) -> Result<(Option<RecordBatch>, RecordBatch)> {
+    const STAGE: &str = "silver";
+    let has_key = cfg
+        .keys
+        .iter()
+        .map(|k| format!("{} IS NOT NULL", q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = |predicate: &str| format!("SELECT * FROM changes WHERE {predicate}");
+    let run = |sql: String| async move {
+        let df = ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| stage_err(STAGE, format!("{e} (in `{sql}`)")))?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(|e| stage_err(STAGE, e))?;
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| stage_err(STAGE, e))
+    };
+    let keyed = run(sql(&has_key)).await?;
+    let truncates = match &cfg.apply_as_truncates {
+        Some(is_truncate) => {
+            let newest_first = cfg
+                .sequence_by
+                .iter()
+                .map(|c| format!("{} DESC", q(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let truncates = run(format!(
+                "{} ORDER BY {newest_first} LIMIT 1",
+                sql(&format!("COALESCE(({is_truncate}), false)"))
+            ))
+            .await?;
+            let keyed = run(sql(&format!(
+                "NOT ({has_key}) AND NOT COALESCE(({is_truncate}), false)"
+            )))
+            .await?;
+            warn_unkeyed(keyed.num_rows(), cfg);
+            (truncates.num_rows() > 0).then_some(truncates)
+        }
+        None => {
+            let unkeyed = run(sql(&format!("NOT ({has_key})"))).await?;
+            warn_unkeyed(unkeyed.num_rows(), cfg);
+            None
+        }
+    };
+    Ok((truncates, keyed))
+}
+
+fn warn_unkeyed(rows: usize, cfg: &SilverConfig) {
+    if rows > 0 {
+        tracing::warn!(
+            rows,
+            keys = ?cfg.keys,
+            apply_as_truncates = ?cfg.apply_as_truncates,
+            "silver dropped changes without a key that are not truncates"
+        );
+    }
+}
+
+/// The keyed changes newer than their key's tombstone and than the latest truncate.
+async fn drop_superseded(
+    ctx: &SessionContext,
+    keyed: RecordBatch,
+    tombstones: &DeltaTable,
+    cfg: &SilverConfig,
+) -> Result<RecordBatch> {
+    const STAGE: &str = "silver";
+    let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
+    let schema = keyed.schema();
+    ctx.register_batch("keyed", keyed).map_err(err)?;
+    let provider = tombstones
+        .table_provider()
+        .await
+        .map_err(|e| stage_err(STAGE, e))?;
+    ctx.register_table("tombstones", provider).map_err(err)?;
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| format!("c.{}", q(f.name())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keys = cfg.keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+    let sequence = cfg
+        .sequence_by
+        .iter()
+        .map(|k| q(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let newest_first = cfg
+        .sequence_by
+        .iter()
+        .map(|c| format!("{} DESC", q(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let same_key = cfg
+        .keys
+        .iter()
+        .map(|k| format!("c.{0} = t.{0}", q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let first_key = q(&cfg.keys[0]);
+    let sql = format!(
+        "SELECT {columns} FROM keyed c \
+         LEFT JOIN (SELECT {keys}, {sequence} FROM tombstones WHERE NOT {TRUNCATE_FLAG}) t ON {same_key} \
+         LEFT JOIN (SELECT 1 AS __one, {sequence} FROM tombstones WHERE {TRUNCATE_FLAG} \
+                    ORDER BY {newest_first} LIMIT 1) w ON w.__one = 1 \
+         WHERE (t.{first_key} IS NULL OR {}) AND (w.__one IS NULL OR {})",
+        sequence_newer(&cfg.sequence_by, "c", "t"),
+        sequence_newer(&cfg.sequence_by, "c", "w"),
+    );
+    let df = ctx.sql(&sql).await.map_err(err)?;
+    let batches = df.collect().await.map_err(err)?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(|e| stage_err(STAGE, e))
+}
+
+/// The keys and sequence of each row, flagged as a delete or a truncate, as the tombstones hold them.
+async fn tombstone_rows(
+    rows: &RecordBatch,
+    cfg: &SilverConfig,
+    truncate: bool,
+) -> Result<RecordBatch> {
+    const STAGE: &str = "silver";
+    let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
+    let ctx = SessionContext::new();
+    ctx.register_batch("rows", rows.clone()).map_err(err)?;
+    let columns = cfg
+        .keys
+        .iter()
+        .chain(&cfg.sequence_by)
+        .map(|c| q(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let is_delete = match truncate {
+        true => "false".to_owned(),
+        false => format!("COALESCE(({}), false)", cfg.apply_as_deletes),
+    };
+    let sql = format!(
+        "SELECT {columns}, {is_delete} AS {DELETE_FLAG}, {truncate} AS {TRUNCATE_FLAG} FROM rows"
+    );
+    let df = ctx.sql(&sql).await.map_err(err)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(err)?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(|e| stage_err(STAGE, e))
+}
+
+fn has_true(batch: &RecordBatch, column: &str) -> bool {
+    batch
+        .column_by_name(column)
+        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+        .is_some_and(|flags| flags.true_count() > 0)
+}
+
+/// Records deletes and truncates in the tombstones, and forgets the tombstone of a key that a
+/// newer change brought back. `rows` holds keys, sequence and the two flags (a truncate's keys are
+/// null), all newer than what the tombstones hold.
+async fn record_tombstones(
+    location: &str,
+    tombstones: DeltaTable,
+    rows: &RecordBatch,
+    cfg: &SilverConfig,
+) -> Result<DeltaTable> {
+    const STAGE: &str = "silver";
+    let stored: Vec<String> = cfg
+        .keys
+        .iter()
+        .chain(&cfg.sequence_by)
+        .cloned()
+        .chain([TRUNCATE_FLAG.to_owned()])
+        .collect();
+    let tombstones = if tombstones.version().is_none() {
+        create_table(STAGE, location, tombstones, rows, &stored, &[]).await?
+    } else {
+        tombstones
+    };
+    let ctx = SessionContext::new();
+    let source = ctx
+        .read_batch(rows.clone())
+        .map_err(|e| stage_err(STAGE, e))?;
+    let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
+    let (table, _) = tombstones
+        .merge(
+            source,
+            format!("{} AND NOT source.{TRUNCATE_FLAG}", keys_match(&cfg.keys)),
+        )
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .when_matched_update(|u| {
+            cfg.sequence_by
+                .iter()
+                .fold(u.predicate(format!("source.{DELETE_FLAG}")), |u, c| {
+                    u.update(Column::from_name(c.as_str()), src(c))
+                })
+        })
+        .map_err(delta_err(STAGE, location))?
+        .when_matched_delete(|d| d.predicate(format!("NOT source.{DELETE_FLAG}")))
+        .map_err(delta_err(STAGE, location))?
+        .when_not_matched_insert(|i| {
+            stored.iter().fold(
+                i.predicate(format!("source.{DELETE_FLAG} OR source.{TRUNCATE_FLAG}")),
+                |i, c| i.set(Column::from_name(c.as_str()), src(c)),
+            )
+        })
+        .map_err(delta_err(STAGE, location))?
+        .await
+        .map_err(delta_err(STAGE, location))?;
+    Ok(table)
+}
+
+/// Deletes the silver rows older than the truncate (a row newer than it came from a change
+/// delivered before the truncate and must stay).
+async fn truncate_older(
+    location: &str,
+    silver: DeltaTable,
+    truncate: &RecordBatch,
+    cfg: &SilverConfig,
+) -> Result<DeltaTable> {
+    const STAGE: &str = "silver";
+    let bound = |column: &String| -> Result<(Expr, Expr)> {
+        let array = truncate
+            .column_by_name(column)
+            .ok_or_else(|| stage_err(STAGE, format!("no column `{column}`")))?;
+        let value = ScalarValue::try_from_array(array, 0).map_err(|e| stage_err(STAGE, e))?;
+        Ok((Expr::Column(Column::from_name(column.as_str())), lit(value)))
+    };
+    // (a, b) < (x, y) written out: a < x OR (a = x AND b < y).
+    let mut older: Option<Expr> = None;
+    for i in 0..cfg.sequence_by.len() {
+        let (column, value) = bound(&cfg.sequence_by[i])?;
+        let mut clause = column.lt(value);
+        for earlier in &cfg.sequence_by[..i] {
+            let (column, value) = bound(earlier)?;
+            clause = column.eq(value).and(clause);
+        }
+        older = Some(match older {
+            Some(o) => o.or(clause),
+            None => clause,
+        });
+    }
+    let Some(older) = older else {
+        return Ok(silver);
+    };
+    let (table, metrics) = silver
+        .delete()
+        .with_predicate(older)
+        .await
+        .map_err(delta_err(STAGE, location))?;
+    tracing::info!(table = %location, deleted = metrics.num_deleted_rows, "silver truncated");
+    Ok(table)
+}
+
+/// MERGE of keyed changes (already freed of superseded ones) into silver, in one commit carrying
+/// the stage's progress.
+async fn merge_keyed(
+    location: &str,
+    silver: DeltaTable,
+    changes: RecordBatch,
+    target_columns: &[String],
+    cfg: &SilverConfig,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    const STAGE: &str = "silver";
     let before_version = silver.version();
+    let schema = changes.schema();
     let ctx = SessionContext::new();
     let source = ctx.read_batch(changes).map_err(|e| stage_err(STAGE, e))?;
-    let on = keys_match(&cfg.keys);
-    let newer = sequence_newer(&cfg.sequence_by);
-    let is_delete = format!("({})", qualify_source(&cfg.apply_as_deletes));
+    let newer = sequence_newer(&cfg.sequence_by, "source", "target");
+    let is_delete = format!(
+        "COALESCE(({}), false)",
+        qualify_source(&cfg.apply_as_deletes)
+    );
     let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
+    let is_text = |c: &str| {
+        schema.field_with_name(c).is_ok_and(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
+        })
+    };
+    let toasted_columns: Vec<&String> = target_columns
+        .iter()
+        .filter(|c| is_text(c) && !cfg.keys.contains(c))
+        .collect();
+    let any_placeholder = match toasted_columns.is_empty() {
+        true => "false".to_owned(),
+        false => toasted_columns
+            .iter()
+            .map(|c| format!("target.{} = '{UNAVAILABLE_VALUE}'", q(c)))
+            .collect::<Vec<_>>()
+            .join(" OR "),
+    };
+    // An update's value of a column: an unchanged TOASTed value keeps the stored one, and with
+    // `ignore_null_updates` so does a null.
+    let updated = |c: &str| {
+        let mut value = format!("source.{}", q(c));
+        if is_text(c) {
+            value = format!(
+                "CASE WHEN {value} = '{UNAVAILABLE_VALUE}' THEN target.{0} ELSE {value} END",
+                q(c)
+            );
+        }
+        if cfg.ignore_null_updates && !cfg.keys.iter().any(|k| k == c) {
+            value = format!("COALESCE({value}, target.{})", q(c));
+        }
+        value
+    };
     let (table, metrics) = silver
-        .merge(source, on)
+        .merge(source, keys_match(&cfg.keys))
         .with_source_alias("source")
         .with_target_alias("target")
         .with_commit_properties(commit_properties(txns.clone()))
@@ -187,7 +554,24 @@ async fn merge_silver(
         .when_matched_update(|u| {
             target_columns.iter().fold(
                 u.predicate(format!("NOT {is_delete} AND {newer}")),
-                |u, c| u.update(Column::from_name(c.as_str()), src(c)),
+                |u, c| u.update(Column::from_name(c.as_str()), updated(c)),
+            )
+        })
+        .map_err(delta_err(STAGE, location))?
+        .when_matched_update(|u| {
+            // An older change delivered late still knows what an update applied before it could
+            // not: the values behind its unchanged-TOAST placeholders.
+            toasted_columns.iter().fold(
+                u.predicate(format!("NOT {is_delete} AND ({any_placeholder})")),
+                |u, c| {
+                    u.update(
+                        Column::from_name(c.as_str()),
+                        format!(
+                            "CASE WHEN target.{0} = '{UNAVAILABLE_VALUE}' THEN source.{0} ELSE target.{0} END",
+                            q(c)
+                        ),
+                    )
+                },
             )
         })
         .map_err(delta_err(STAGE, location))?
@@ -217,15 +601,16 @@ async fn merge_silver(
     Ok(table)
 }
 
-/// `(s.a, s.b) > (t.a, t.b)` written out, so a repeated or older event never overwrites a newer one.
-fn sequence_newer(columns: &[String]) -> String {
+/// `(newer.a, newer.b) > (older.a, older.b)` written out, so a repeated or older event never
+/// overwrites a newer one.
+fn sequence_newer(columns: &[String], newer: &str, older: &str) -> String {
     let mut clauses = Vec::new();
     for (i, c) in columns.iter().enumerate() {
         let mut parts: Vec<String> = columns[..i]
             .iter()
-            .map(|p| format!("source.{} = target.{}", q(p), q(p)))
+            .map(|p| format!("{newer}.{0} = {older}.{0}", q(p)))
             .collect();
-        parts.push(format!("source.{} > target.{}", q(c), q(c)));
+        parts.push(format!("{newer}.{0} > {older}.{0}", q(c)));
         clauses.push(format!("({})", parts.join(" AND ")));
     }
     format!("({})", clauses.join(" OR "))
@@ -274,4 +659,3 @@ fn qualify_source(predicate: &str) -> String {
     flush(&mut word, &mut out);
     out
 }
-

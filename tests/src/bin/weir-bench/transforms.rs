@@ -71,7 +71,10 @@ pub fn run() -> Result<()> {
     }
     let host_ipc = started.elapsed();
     let input_bytes = weir::wasm::encode_ipc(&batches[0])?.len();
-    let output_bytes = weir::wasm::encode_ipc(&bronze_cleanup::cleanup(&batches[0]).map_err(|e| anyhow::anyhow!("native: {e:?}"))?)?.len();
+    let output_bytes = weir::wasm::encode_ipc(
+        &bronze_cleanup::cleanup(&batches[0]).map_err(|e| anyhow::anyhow!("native: {e:?}"))?,
+    )?
+    .len();
 
     let empty = batches[0].slice(0, 0);
     let started = Instant::now();

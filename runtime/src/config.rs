@@ -924,6 +924,37 @@ count_column = "order_lines"
     }
 
     #[test]
+    fn silver_column_lists_keep_keys_and_sequence_and_exclude_each_other() {
+        let p = parse(MINIMAL).expect("valid file");
+        assert_eq!(p.silver.columns, ColumnSelection::AllExcept(vec![]));
+        assert!(!p.silver.ignore_null_updates && p.silver.apply_as_truncates.is_none());
+
+        let only = MINIMAL.replace(
+            "keys = [\"id\"]",
+            "keys = [\"id\"]\ncolumn_list = [\"price\"]",
+        );
+        let p = parse(&only).expect("valid file");
+        assert!(["price", "id", "lsn", "kafka_offset"]
+            .iter()
+            .all(|c| p.silver.columns.keeps(c)));
+        assert!(!p.silver.columns.keeps("country"));
+
+        let both = only.replace(
+            "column_list = [\"price\"]",
+            "column_list = [\"price\"]\nexcept_column_list = [\"country\"]",
+        );
+        let err = parse(&both).expect_err("both lists").to_string();
+        assert!(err.contains("silver.column_list") && err.contains("not both"), "{err}");
+
+        let without_key = MINIMAL.replace(
+            "keys = [\"id\"]",
+            "keys = [\"id\"]\nexcept_column_list = [\"id\"]",
+        );
+        let err = parse(&without_key).expect_err("key excluded").to_string();
+        assert!(err.contains("silver.except_column_list") && err.contains("`id`"), "{err}");
+    }
+
+    #[test]
     fn bad_slot_name_is_rejected() {
         let text = MINIMAL.replace(
             "table_include_list =",

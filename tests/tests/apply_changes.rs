@@ -131,3 +131,45 @@ fn shuffled_batches(batch: &RecordBatch, seed: u64) -> Result<Vec<RecordBatch>> 
     }
     Ok(batches)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_null_updates_keeps_stored_values_and_column_lists_shape_silver() -> Result<()> {
+    let t = TestPipeline::new("apply_changes_options").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "apply_as_truncates = \"op = 't'\"",
+            "apply_as_truncates = \"op = 't'\"\nignore_null_updates = true\nexcept_column_list = [\"is_cancellation\", \"op_ts\"]",
+        )
+    })?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    t.db.batch_execute(
+        "UPDATE onlineshop SET customerno = NULL, quantity = 99 WHERE id = 5;
+         DELETE FROM onlineshop WHERE id = 6;",
+    )
+    .await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+
+    let silver = weir::lakehouse::query(
+        &pipeline,
+        "SELECT CAST(id AS VARCHAR), customerno, CAST(quantity AS VARCHAR) FROM silver WHERE id IN (5, 6)",
+    )
+    .await?;
+    let source = weir_tests::pg_rows(
+        &t.db,
+        "SELECT id::text, customerno, quantity::text FROM onlineshop WHERE id = 5",
+    )
+    .await?;
+    let silver = weir_tests::rows_as_text(&silver)?;
+    assert_eq!(silver.len(), 1, "the delete still applies: {silver:?}");
+    assert_eq!(source[0][1], "NULL");
+    assert_ne!(silver[0][1], "NULL", "the null update kept the stored value");
+    assert_eq!(silver[0][2], "99", "the other columns of the update applied");
+
+    let columns = weir::lakehouse::query(&pipeline, "SELECT * FROM silver LIMIT 1").await?;
+    let schema = columns[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert!(!names.contains(&"is_cancellation") && !names.contains(&"op_ts"), "{names:?}");
+    assert!(names.contains(&"customerno") && names.contains(&"lsn"), "{names:?}");
+    Ok(())
+}

@@ -187,6 +187,8 @@ pub struct SilverConfig {
     /// Whether an update's null columns keep the stored values (`IGNORE NULL UPDATES`).
     pub ignore_null_updates: bool,
     pub expectations: Vec<Expectation>,
+    /// Delta table receiving the rows `drop` expectations remove, with the rules they failed.
+    pub quarantine_table: Option<String>,
 }
 
 /// DLT's `COLUMNS (...)` / `COLUMNS * EXCEPT (...)`.
@@ -408,6 +410,7 @@ struct RawSilver {
     ignore_null_updates: bool,
     #[serde(default)]
     expectations: Vec<Expectation>,
+    quarantine_table: Option<Spanned<String>>,
 }
 
 fn default_sequence_by() -> Vec<String> {
@@ -669,6 +672,10 @@ impl Pipeline {
                 columns: silver_columns,
                 ignore_null_updates: raw.silver.ignore_null_updates,
                 expectations: raw.silver.expectations,
+                quarantine_table: match &raw.silver.quarantine_table {
+                    Some(q) => Some(ctx.location(q, "silver.quarantine_table")?),
+                    None => None,
+                },
             },
             gold,
             wasm: WasmLimits {
@@ -934,9 +941,11 @@ count_column = "order_lines"
             "keys = [\"id\"]\ncolumn_list = [\"price\"]",
         );
         let p = parse(&only).expect("valid file");
-        assert!(["price", "id", "lsn", "kafka_offset"]
-            .iter()
-            .all(|c| p.silver.columns.keeps(c)));
+        assert!(
+            ["price", "id", "lsn", "kafka_offset"]
+                .iter()
+                .all(|c| p.silver.columns.keeps(c))
+        );
         assert!(!p.silver.columns.keeps("country"));
 
         let both = only.replace(
@@ -944,14 +953,20 @@ count_column = "order_lines"
             "column_list = [\"price\"]\nexcept_column_list = [\"country\"]",
         );
         let err = parse(&both).expect_err("both lists").to_string();
-        assert!(err.contains("silver.column_list") && err.contains("not both"), "{err}");
+        assert!(
+            err.contains("silver.column_list") && err.contains("not both"),
+            "{err}"
+        );
 
         let without_key = MINIMAL.replace(
             "keys = [\"id\"]",
             "keys = [\"id\"]\nexcept_column_list = [\"id\"]",
         );
         let err = parse(&without_key).expect_err("key excluded").to_string();
-        assert!(err.contains("silver.except_column_list") && err.contains("`id`"), "{err}");
+        assert!(
+            err.contains("silver.except_column_list") && err.contains("`id`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -127,9 +127,10 @@ impl TestPipeline {
         admin
             .execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                 WHERE NOT active AND slot_name LIKE $1 AND slot_name NOT LIKE $2",
+                 WHERE NOT active AND slot_name ~ $1 AND slot_name NOT LIKE $2",
                 &[
-                    &format!("{test}\\_%"),
+                    // This test's slots only: `expectations` must not reach `expectations_fail`'s.
+                    &format!("^{test}_[0-9]+_[0-9]+$"),
                     &format!("{test}\\_{}\\_%", std::process::id()),
                 ],
             )

@@ -163,13 +163,25 @@ async fn ignore_null_updates_keeps_stored_values_and_column_lists_shape_silver()
     let silver = weir_tests::rows_as_text(&silver)?;
     assert_eq!(silver.len(), 1, "the delete still applies: {silver:?}");
     assert_eq!(source[0][1], "NULL");
-    assert_ne!(silver[0][1], "NULL", "the null update kept the stored value");
-    assert_eq!(silver[0][2], "99", "the other columns of the update applied");
+    assert_ne!(
+        silver[0][1], "NULL",
+        "the null update kept the stored value"
+    );
+    assert_eq!(
+        silver[0][2], "99",
+        "the other columns of the update applied"
+    );
 
     let columns = weir::lakehouse::query(&pipeline, "SELECT * FROM silver LIMIT 1").await?;
     let schema = columns[0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert!(!names.contains(&"is_cancellation") && !names.contains(&"op_ts"), "{names:?}");
-    assert!(names.contains(&"customerno") && names.contains(&"lsn"), "{names:?}");
+    assert!(
+        !names.contains(&"is_cancellation") && !names.contains(&"op_ts"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"customerno") && names.contains(&"lsn"),
+        "{names:?}"
+    );
     Ok(())
 }

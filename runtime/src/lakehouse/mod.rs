@@ -90,6 +90,8 @@ pub struct LayerReport {
     pub counters: BTreeMap<String, u64>,
     /// Input rows of batches the component failed on, routed to the dead-letter location.
     pub dead_lettered: usize,
+    /// Per silver expectation: rows that passed it, rows that failed it.
+    pub expectations: BTreeMap<String, (u64, u64)>,
 }
 
 impl LayerReport {
@@ -102,6 +104,11 @@ impl LayerReport {
         self.dead_lettered += other.dead_lettered;
         for (name, n) in &other.counters {
             *self.counters.entry(name.clone()).or_default() += n;
+        }
+        for (rule, (passed, failed)) in &other.expectations {
+            let counts = self.expectations.entry(rule.clone()).or_default();
+            counts.0 += passed;
+            counts.1 += failed;
         }
     }
 }
@@ -125,6 +132,10 @@ impl fmt::Display for LayerReport {
         }
         if let Some(v) = self.table_version {
             write!(f, ", table at version {v}")?;
+        }
+        for (i, (rule, (passed, failed))) in self.expectations.iter().enumerate() {
+            let lead = if i == 0 { "; expectations " } else { ", " };
+            write!(f, "{lead}{rule}: {passed} passed, {failed} failed")?;
         }
         for (i, (name, n)) in self.counters.iter().enumerate() {
             let lead = if i == 0 { "; component counted " } else { ", " };
@@ -215,7 +226,7 @@ impl Layers {
         let silver = self.silver.call(&bronze, LABEL)?;
         require_columns("silver", &silver, &pipeline.silver.keys, "[silver] keys")?;
         // Expectations are SQL over silver's rows: this also checks that they parse and type.
-        let (kept, _) = apply_expectations(pipeline, silver.clone()).await?;
+        let kept = apply_expectations(pipeline, silver.clone()).await?.kept;
         let mut out = vec![("bronze".to_owned(), bronze), ("silver".to_owned(), silver)];
         let Some(kept) = kept.filter(|k| k.num_rows() > 0) else {
             return Ok(out);

@@ -47,9 +47,17 @@ pub(super) async fn silver_pass(
                 let label = format!("bronze versions {next}-{end}");
                 match transform.call(&batch, &label) {
                     Ok(out) => {
-                        let (kept, dropped) = apply_expectations(pipeline, out).await?;
-                        report.dropped_by_expectations += dropped;
-                        kept
+                        let checked = apply_expectations(pipeline, out).await?;
+                        for (rule, (passed, failed)) in checked.counts {
+                            let counts = report.expectations.entry(rule).or_default();
+                            counts.0 += passed;
+                            counts.1 += failed;
+                        }
+                        if let Some(dropped) = checked.dropped {
+                            report.dropped_by_expectations += dropped.num_rows();
+                            quarantine(pipeline, dropped, txn.clone()).await?;
+                        }
+                        checked.kept
                     }
                     Err(e) => {
                         dead_letter(pipeline, STAGE, &label, &batch, e).await?;
@@ -85,27 +93,75 @@ pub(super) async fn apply_batch(
 ) -> Result<()> {
     const STAGE: &str = "silver";
     let out = transform.call(bronze_rows, "replayed bronze rows")?;
-    let (kept, _) = apply_expectations(pipeline, out).await?;
-    if let Some(changes) = kept.filter(|k| k.num_rows() > 0) {
+    let checked = apply_expectations(pipeline, out).await?;
+    if let Some(dropped) = checked.dropped {
+        quarantine(pipeline, dropped, Vec::new()).await?;
+    }
+    if let Some(changes) = checked.kept.filter(|k| k.num_rows() > 0) {
         let silver = open(STAGE, &pipeline.silver.layer.table).await?;
         apply_changes(pipeline, silver, changes, Vec::new()).await?;
     }
     Ok(())
 }
 
-/// Applies the silver expectations (SQL predicates) to the component's output.
-pub(super) async fn apply_expectations(
-    pipeline: &Pipeline,
-    batch: RecordBatch,
-) -> Result<(Option<RecordBatch>, usize)> {
+/// What the silver expectations made of a batch.
+pub(super) struct Checked {
+    /// The rows to apply (none of them violating a `drop` rule).
+    pub kept: Option<RecordBatch>,
+    /// The rows a `drop` rule removed, with `_failed_expectations` naming the rules.
+    pub dropped: Option<RecordBatch>,
+    /// Per rule: rows that passed, rows that failed.
+    pub counts: BTreeMap<String, (u64, u64)>,
+}
+
+/// Column of the quarantine table naming the `drop` rules a row failed.
+const FAILED_EXPECTATIONS: &str = "_failed_expectations";
+
+/// Applies the silver expectations (SQL predicates, a NULL outcome failing as in DLT) to the
+/// component's output, deletes and truncates excepted: counts each rule, stops on a failed `fail`
+/// rule, and separates the rows a `drop` rule removes.
+pub(super) async fn apply_expectations(pipeline: &Pipeline, batch: RecordBatch) -> Result<Checked> {
     const STAGE: &str = "silver";
-    if pipeline.silver.expectations.is_empty() {
-        return Ok((Some(batch), 0));
+    let expectations = &pipeline.silver.expectations;
+    let mut counts = BTreeMap::new();
+    if expectations.is_empty() {
+        return Ok(Checked {
+            kept: Some(batch),
+            dropped: None,
+            counts,
+        });
     }
+    let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let ctx = SessionContext::new();
-    let before = batch.num_rows();
-    let mut df = ctx.read_batch(batch).map_err(|e| stage_err(STAGE, e))?;
-    for e in &pipeline.silver.expectations {
+    let total = batch.num_rows() as u64;
+    let columns: Vec<Expr> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| Expr::Column(Column::from_name(f.name().as_str())))
+        .collect();
+    let mut df = ctx.read_batch(batch).map_err(err)?;
+    // Deletes and truncates carry only a key, if that: they are applied, not checked (checking
+    // them is how the reference design's deletes never reached silver).
+    let cfg = &pipeline.silver;
+    let mut exempt = Vec::new();
+    for (key, predicate) in [
+        ("silver.apply_as_deletes", Some(&cfg.apply_as_deletes)),
+        ("silver.apply_as_truncates", cfg.apply_as_truncates.as_ref()),
+    ] {
+        if let Some(predicate) = predicate {
+            let parsed = df
+                .parse_sql_expr(predicate)
+                .map_err(|e| stage_err(STAGE, format!("{key}: cannot parse `{predicate}`: {e}")))?;
+            exempt.push(Expr::IsTrue(Box::new(parsed)));
+        }
+    }
+    let exempt = exempt
+        .into_iter()
+        .reduce(Expr::or)
+        .unwrap_or_else(|| lit(false));
+    let mut dropping: Vec<(String, String)> = Vec::new();
+    for (i, e) in expectations.iter().enumerate() {
         let predicate = df.parse_sql_expr(&e.expect).map_err(|err| {
             stage_err(
                 STAGE,
@@ -115,40 +171,132 @@ pub(super) async fn apply_expectations(
                 ),
             )
         })?;
-        // A NULL outcome is a violation, as in DLT.
-        let passes = Expr::IsTrue(Box::new(predicate));
-        let violations = df
+        let passes = Expr::IsTrue(Box::new(predicate)).or(exempt.clone());
+        let failed = df
             .clone()
             .filter(Expr::Not(Box::new(passes.clone())))
-            .map_err(|err| stage_err(STAGE, err))?
+            .map_err(err)?
             .count()
             .await
-            .map_err(|err| stage_err(STAGE, err))?;
-        if violations == 0 {
+            .map_err(err)? as u64;
+        counts.insert(e.name.clone(), (total - failed, failed));
+        if failed == 0 {
             continue;
         }
         match e.on_violation {
             OnViolation::Warn => {
-                tracing::warn!(expectation = %e.name, rows = violations, "expectation violated (kept)")
+                tracing::warn!(expectation = %e.name, rows = failed, "expectation violated (kept)")
             }
             OnViolation::Drop => {
-                tracing::warn!(expectation = %e.name, rows = violations, "expectation violated (dropped)");
-                df = df.filter(passes).map_err(|err| stage_err(STAGE, err))?;
+                tracing::warn!(expectation = %e.name, rows = failed, "expectation violated (dropped)");
+                let flag = format!("__passes_{i}");
+                df = df.with_column(&flag, passes).map_err(err)?;
+                dropping.push((flag, e.name.clone()));
             }
             OnViolation::Fail => {
                 return Err(LakehouseError::ExpectationFailed {
                     stage: STAGE.into(),
                     name: e.name.clone(),
                     expect: e.expect.clone(),
-                    rows: violations,
+                    rows: failed as usize,
                 });
             }
         }
     }
-    let batches = df.collect().await.map_err(|e| stage_err(STAGE, e))?;
-    let kept = concat(STAGE, batches)?;
-    let after = kept.as_ref().map_or(0, RecordBatch::num_rows);
-    Ok((kept, before - after))
+    if dropping.is_empty() {
+        let kept = df.collect().await.map_err(err)?;
+        return Ok(Checked {
+            kept: concat(STAGE, kept)?,
+            dropped: None,
+            counts,
+        });
+    }
+    let flag = |name: &str| Expr::Column(Column::from_name(name));
+    let all_pass = dropping
+        .iter()
+        .map(|(f, _)| flag(f))
+        .reduce(Expr::and)
+        .unwrap_or_else(|| lit(true));
+    let kept = df
+        .clone()
+        .filter(all_pass.clone())
+        .map_err(err)?
+        .select(columns.clone())
+        .map_err(err)?
+        .collect()
+        .await
+        .map_err(err)?;
+    let failed_rules = deltalake::datafusion::functions::string::expr_fn::concat_ws(
+        lit(","),
+        dropping
+            .iter()
+            .map(|(f, name)| {
+                deltalake::datafusion::logical_expr::when(
+                    Expr::Not(Box::new(flag(f))),
+                    lit(name.clone()),
+                )
+                .end()
+                .unwrap_or_else(|_| lit(ScalarValue::Utf8(None)))
+            })
+            .collect(),
+    );
+    let dropped = df
+        .filter(Expr::Not(Box::new(all_pass)))
+        .map_err(err)?
+        .select(
+            columns
+                .into_iter()
+                .chain([failed_rules.alias(FAILED_EXPECTATIONS)])
+                .collect::<Vec<_>>(),
+        )
+        .map_err(err)?
+        .collect()
+        .await
+        .map_err(err)?;
+    Ok(Checked {
+        kept: concat(STAGE, kept)?,
+        dropped: concat(STAGE, dropped)?,
+        counts,
+    })
+}
+
+/// Appends rows a `drop` expectation removed to the quarantine table, once per bronze range: a
+/// rerun after a crash finds its own progress there and writes nothing.
+async fn quarantine(
+    pipeline: &Pipeline,
+    dropped: RecordBatch,
+    txns: Vec<Transaction>,
+) -> Result<()> {
+    const STAGE: &str = "silver";
+    let Some(location) = &pipeline.silver.quarantine_table else {
+        return Ok(());
+    };
+    let mut table = open(STAGE, location).await?;
+    for txn in &txns {
+        let done = txn_version(STAGE, location, &table, &txn.app_id).await?;
+        if done.is_some_and(|v| v >= txn.version) {
+            return Ok(());
+        }
+    }
+    if table.version().is_none() {
+        let columns: Vec<String> = dropped
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        table = create_table(STAGE, location, table, &dropped, &columns, &[]).await?;
+    }
+    let rows = dropped.num_rows();
+    table
+        .write(vec![dropped])
+        .with_save_mode(SaveMode::Append)
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
+        .with_commit_properties(commit_properties(txns))
+        .await
+        .map_err(delta_err(STAGE, location))?;
+    tracing::info!(table = %location, rows, "rows quarantined");
+    Ok(())
 }
 
 /// Columns bronze carries that silver does not keep.

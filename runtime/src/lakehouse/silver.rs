@@ -387,7 +387,6 @@ async fn split_truncates(
     ctx: &SessionContext,
     cfg: &SilverConfig,
 ) -> Result<(Option<RecordBatch>, RecordBatch)> {
-    const STAGE: &str = "silver";
     let has_key = cfg
         .keys
         .iter()
@@ -395,15 +394,7 @@ async fn split_truncates(
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = |predicate: &str| format!("SELECT * FROM changes WHERE {predicate}");
-    let run = |sql: String| async move {
-        let df = ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| stage_err(STAGE, format!("{e} (in `{sql}`)")))?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| stage_err(STAGE, e))?;
-        arrow::compute::concat_batches(&schema, &batches).map_err(|e| stage_err(STAGE, e))
-    };
+    let run = |sql: String| async move { sql_batch(ctx, &sql).await };
     let keyed = run(sql(&has_key)).await?;
     let truncates = match &cfg.apply_as_truncates {
         Some(is_truncate) => {
@@ -496,9 +487,9 @@ async fn drop_superseded(
         sequence_newer(&cfg.sequence_by, "c", "t"),
         sequence_newer(&cfg.sequence_by, "c", "w"),
     );
-    let df = ctx.sql(&sql).await.map_err(err)?;
-    let batches = df.collect().await.map_err(err)?;
-    arrow::compute::concat_batches(&schema, &batches).map_err(|e| stage_err(STAGE, e))
+    let kept = sql_batch(ctx, &sql).await?;
+    // The query's schema can differ in nullability only; the keyed batch's is the contract.
+    RecordBatch::try_new(schema, kept.columns().to_vec()).map_err(|e| stage_err(STAGE, e))
 }
 
 /// The keys and sequence of each row, flagged as a delete or a truncate, as the tombstones hold them.
@@ -525,7 +516,16 @@ async fn tombstone_rows(
     let sql = format!(
         "SELECT {columns}, {is_delete} AS {DELETE_FLAG}, {truncate} AS {TRUNCATE_FLAG} FROM rows"
     );
-    let df = ctx.sql(&sql).await.map_err(err)?;
+    sql_batch(&ctx, &sql).await
+}
+
+/// Runs `sql` and gathers its rows in one batch of the query's schema (empty when no rows).
+async fn sql_batch(ctx: &SessionContext, sql: &str) -> Result<RecordBatch> {
+    const STAGE: &str = "silver";
+    let err = |e: deltalake::datafusion::error::DataFusionError| {
+        stage_err(STAGE, format!("{e} (in `{sql}`)"))
+    };
+    let df = ctx.sql(sql).await.map_err(err)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(err)?;
     arrow::compute::concat_batches(&schema, &batches).map_err(|e| stage_err(STAGE, e))

@@ -47,6 +47,14 @@ enum Command {
         #[arg(long)]
         sample: Option<PathBuf>,
     },
+    /// Recompute a layer from the one below it, replacing its tables (like a DLT full refresh).
+    Rebuild {
+        /// The pipeline file.
+        file: PathBuf,
+        /// `gold` (every gold table) or `gold.<name>`.
+        #[arg(long)]
+        layer: String,
+    },
     /// Run SQL over the pipeline's Delta tables (`bronze`, `silver`, `gold_<name>`) and print the result.
     Query {
         /// The pipeline file.
@@ -112,6 +120,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     sample.display(),
                     rows.join(", ")
                 );
+            }
+            Ok(())
+        }
+        Command::Rebuild { file, layer } => {
+            let pipeline = Pipeline::load(&file)?;
+            for (name, report) in crate::pipeline::rebuild(&pipeline, &layer).await? {
+                println!("{name}: rebuilt from silver, {report}");
             }
             Ok(())
         }

@@ -86,6 +86,13 @@ pub async fn validate_with_sample(
         .collect())
 }
 
+/// Recomputes `layer` (`gold` or `gold.<name>`) from silver as it stands.
+pub async fn rebuild(pipeline: &Pipeline, layer: &str) -> Result<Vec<(String, LayerReport)>> {
+    let host = WasmHost::new(pipeline.wasm)?;
+    let mut layers = Layers::load(&host, pipeline)?;
+    Ok(layers.rebuild(pipeline, layer).await?)
+}
+
 /// Processes everything committed so far through every stage, then returns.
 pub async fn run_triggered(pipeline: &Pipeline) -> Result<RunReport> {
     let host = WasmHost::new(pipeline.wasm)?;

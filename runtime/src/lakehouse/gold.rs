@@ -1,5 +1,7 @@
 //! Gold: weighted changes of silver through the aggregate component, merged as per-group deltas.
 
+use deltalake::datafusion::logical_expr::lit;
+
 use super::*;
 
 pub(super) async fn gold_pass(
@@ -64,6 +66,151 @@ pub(super) async fn gold_pass(
         next = end + 1;
     }
     report.table_version = gold.version();
+    Ok(report)
+}
+
+/// Recomputes gold table `name` from silver as it stands, as `weir rebuild --layer gold` does:
+/// every silver row enters with weight +1, a batch at a time, the component's per-group deltas are
+/// summed, and the table is replaced in one commit recording silver's version, so incremental
+/// passes go on from there and a crash midway leaves the old table whole.
+pub(super) async fn rebuild_gold(
+    pipeline: &Pipeline,
+    name: &str,
+    transform: &mut Transform,
+) -> Result<LayerReport> {
+    use deltalake::datafusion::functions_aggregate::expr_fn::sum;
+    use deltalake::datafusion::logical_expr::cast;
+    use futures::StreamExt as _;
+
+    let stage = format!("gold.{name}");
+    let cfg = pipeline
+        .gold
+        .get(name)
+        .ok_or_else(|| stage_err(&stage, "no such gold table in the pipeline file"))?;
+    let location = &cfg.layer.table;
+    let silver_location = &pipeline.silver.layer.table;
+    let silver = open(&stage, silver_location).await?;
+    let Some(silver_version) = silver.version() else {
+        return Err(stage_err(
+            &stage,
+            format!("silver ({silver_location}) has no table yet: nothing to rebuild from"),
+        ));
+    };
+    let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(&stage, e);
+    let ctx = SessionContext::new();
+    let provider = silver
+        .table_provider()
+        .await
+        .map_err(|e| stage_err(&stage, e))?;
+    let rows = ctx.read_table(provider).map_err(err)?;
+    let schema = Arc::new(rows.schema().as_arrow().clone());
+    let mut stream = rows.execute_stream().await.map_err(err)?;
+
+    let mut report = LayerReport::default();
+    let mut deltas = Vec::new();
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0;
+    let mut finished = false;
+    while !finished {
+        match stream.next().await {
+            Some(batch) => {
+                let batch = batch.map_err(err)?;
+                pending_rows += batch.num_rows();
+                pending.push(batch);
+                if pending_rows < ROWS_PER_COMMIT {
+                    continue;
+                }
+            }
+            // One call even for an empty silver: the component's output gives the table's schema.
+            None if !deltas.is_empty() && pending.is_empty() => break,
+            None => finished = true,
+        }
+        let batch =
+            arrow::compute::concat_batches(&schema, &pending).map_err(|e| stage_err(&stage, e))?;
+        let inserts = StringArray::from(vec!["insert"; batch.num_rows()]);
+        report.rows_in += batch.num_rows();
+        let Some(weighted) = weigh(&stage, vec![(batch, inserts)])? else {
+            continue;
+        };
+        let label = format!(
+            "silver version {silver_version}, rows {}-{}",
+            report.rows_in - pending_rows,
+            report.rows_in
+        );
+        deltas.push(transform.call(&weighted, &label)?);
+        pending.clear();
+        pending_rows = 0;
+    }
+
+    // The sum of the deltas per group, in the component's own column types.
+    let Some(first) = deltas.first() else {
+        return Err(stage_err(&stage, "the component returned nothing"));
+    };
+    let delta_schema = first.schema();
+    let summed = ctx.read_batches(deltas).map_err(err)?;
+    let key_columns: Vec<Expr> = cfg
+        .keys
+        .iter()
+        .map(|k| Expr::Column(Column::from_name(k.as_str())))
+        .collect();
+    let measures: Vec<&Arc<Field>> = delta_schema
+        .fields()
+        .iter()
+        .filter(|f| !cfg.keys.contains(f.name()))
+        .collect();
+    let sums: Vec<Expr> = measures
+        .iter()
+        .map(|f| sum(Expr::Column(Column::from_name(f.name().as_str()))).alias(f.name()))
+        .collect();
+    let typed: Vec<Expr> = delta_schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let column = Expr::Column(Column::from_name(f.name().as_str()));
+            match cfg.keys.contains(f.name()) {
+                true => column,
+                false => cast(column, f.data_type().clone()).alias(f.name()),
+            }
+        })
+        .collect();
+    let groups = summed
+        .aggregate(key_columns, sums)
+        .map_err(err)?
+        .filter(Expr::Column(Column::from_name(cfg.count_column.as_str())).not_eq(lit(0_i64)))
+        .map_err(err)?
+        .select(typed)
+        .map_err(err)?
+        .collect()
+        .await
+        .map_err(err)?;
+    let groups =
+        arrow::compute::concat_batches(&delta_schema, &groups).map_err(|e| stage_err(&stage, e))?;
+    report.rows_out = groups.num_rows();
+
+    let columns: Vec<String> = delta_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let gold = open(&stage, location).await?;
+    let gold = if gold.version().is_none() {
+        create_table(&stage, location, gold, &groups, &columns, &[]).await?
+    } else {
+        gold
+    };
+    let txn = vec![Transaction::new(
+        &app_id(pipeline, &stage),
+        silver_version as i64,
+    )];
+    let gold = gold
+        .write(vec![groups])
+        .with_save_mode(SaveMode::Overwrite)
+        .with_commit_properties(commit_properties(txn))
+        .await
+        .map_err(delta_err(&stage, location))?;
+    report.commits = 1;
+    report.table_version = gold.version();
+    tracing::info!(table = %location, groups = report.rows_out, silver_version, "gold rebuilt from silver");
     Ok(report)
 }
 

@@ -192,6 +192,42 @@ impl Layers {
         Ok(out)
     }
 
+    /// Recomputes the gold tables named by `layer` (`gold` for all, `gold.<name>` for one) from
+    /// silver as it stands, replacing each in one commit (`weir rebuild --layer`).
+    pub async fn rebuild(
+        &mut self,
+        pipeline: &Pipeline,
+        layer: &str,
+    ) -> Result<Vec<(String, LayerReport)>> {
+        let wanted = match layer {
+            "gold" => None,
+            other => match other.strip_prefix("gold.") {
+                Some(name) if pipeline.gold.contains_key(name) => Some(name),
+                _ => {
+                    let names: Vec<String> =
+                        pipeline.gold.keys().map(|n| format!("gold.{n}")).collect();
+                    return Err(stage_err(
+                        "rebuild",
+                        format!(
+                            "`{layer}` is not a gold layer of this pipeline; rebuild `gold` or one of: {}",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            },
+        };
+        let mut out = Vec::new();
+        for (name, transform) in &mut self.gold {
+            if wanted.is_some_and(|w| w != name) {
+                continue;
+            }
+            let mut report = gold::rebuild_gold(pipeline, name, transform).await?;
+            report.counters = transform.take_counters();
+            out.push((format!("gold.{name}"), report));
+        }
+        Ok(out)
+    }
+
     /// Applies bronze rows to silver as one batch, as a pass does with new bronze versions, but
     /// without recording progress: for replaying bronze into a new silver table, in any order.
     pub async fn replay_into_silver(

@@ -199,7 +199,7 @@ pub(super) async fn rebuild_gold(
         gold
     };
     let txn = vec![Transaction::new(
-        &app_id(pipeline, &stage),
+        app_id(pipeline, &stage),
         silver_version as i64,
     )];
     let gold = gold

@@ -55,6 +55,15 @@ enum Command {
         #[arg(long)]
         layer: String,
     },
+    /// Compact small files and vacuum unused ones in every table of the pipeline, now.
+    Maintain {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Keep unused files this long for readers of older versions (default: the pipeline
+        /// file's `maintenance.vacuum_retention_hours`).
+        #[arg(long)]
+        retention_hours: Option<u64>,
+    },
     /// Run SQL over the pipeline's Delta tables (`bronze`, `silver`, `gold_<name>`) and print the result.
     Query {
         /// The pipeline file.
@@ -127,6 +136,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let pipeline = Pipeline::load(&file)?;
             for (name, report) in crate::pipeline::rebuild(&pipeline, &layer).await? {
                 println!("{name}: rebuilt from silver, {report}");
+            }
+            Ok(())
+        }
+        Command::Maintain {
+            file,
+            retention_hours,
+        } => {
+            let pipeline = Pipeline::load(&file)?;
+            let mut config = pipeline.maintenance;
+            if let Some(hours) = retention_hours {
+                config.vacuum_retention_hours = hours;
+            }
+            for (table, report) in crate::lakehouse::maintain(&pipeline, &config).await? {
+                println!("{table}: {report}");
             }
             Ok(())
         }

@@ -45,6 +45,7 @@ pub struct Pipeline {
     pub silver: SilverConfig,
     pub gold: BTreeMap<String, GoldConfig>,
     pub wasm: WasmLimits,
+    pub maintenance: MaintenanceConfig,
     /// Where weir keeps its own progress records (snapshot state); an object store URL.
     pub state_location: String,
     /// Where a batch a layer's component fails on goes (as Parquet, with its error beside it) so
@@ -241,6 +242,27 @@ pub struct GoldConfig {
     pub count_column: String,
 }
 
+/// Care of the layers' Delta tables: compaction of small files, then vacuum.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// How often a continuous run compacts and vacuums its tables, between passes (0: never;
+    /// `weir maintain` does it on demand).
+    pub interval_s: u64,
+    /// How long files a table no longer uses are kept for readers of older versions.
+    pub vacuum_retention_hours: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        // Delta's own default retention (`delta.deletedFileRetentionDuration`): 7 days.
+        Self {
+            interval_s: 3600,
+            vacuum_retention_hours: 168,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct WasmLimits {
     pub memory_limit_bytes: usize,
@@ -266,6 +288,8 @@ struct RawFile {
     gold: BTreeMap<String, RawGold>,
     #[serde(default)]
     wasm: RawWasm,
+    #[serde(default)]
+    maintenance: MaintenanceConfig,
 }
 
 #[derive(Deserialize)]
@@ -684,6 +708,7 @@ impl Pipeline {
                 fuel: raw.wasm.fuel,
                 allow_clocks: raw.wasm.allow_clocks,
             },
+            maintenance: raw.maintenance,
             state_location,
             dead_letter_location,
             name,

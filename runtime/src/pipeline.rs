@@ -131,6 +131,8 @@ pub async fn run_continuous(pipeline: &Pipeline, stop: CancellationToken) -> Res
         tokio::spawn(async move { landing::run(&p, false, &s).await })
     };
     let mut totals: Vec<(String, LayerReport)> = Vec::new();
+    let maintenance_every = Duration::from_secs(pipeline.maintenance.interval_s);
+    let mut maintained = std::time::Instant::now();
     loop {
         let stopping = stop.is_cancelled() || capture.is_finished() || landing_task.is_finished();
         for (name, r) in layers.run_once(pipeline).await? {
@@ -141,6 +143,11 @@ pub async fn run_continuous(pipeline: &Pipeline, stop: CancellationToken) -> Res
         }
         if stopping {
             break;
+        }
+        // Between passes, so compaction never races this process's writers.
+        if !maintenance_every.is_zero() && maintained.elapsed() >= maintenance_every {
+            lakehouse::maintain(pipeline, &pipeline.maintenance).await?;
+            maintained = std::time::Instant::now();
         }
         tokio::select! {
             () = stop.cancelled() => {}

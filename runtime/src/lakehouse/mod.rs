@@ -38,7 +38,10 @@ use crate::wasm::{LoadedComponent, Transform, WasmError, WasmHost, World};
 
 mod bronze;
 mod gold;
+mod maintenance;
 mod silver;
+
+pub use maintenance::{MaintenanceReport, maintain};
 
 use bronze::{bronze_pass, with_ingestion_metadata};
 use gold::{gold_pass, weigh};
@@ -485,10 +488,12 @@ async fn create_table(
 
 /// Properties of a layer's table: its change feed (which the next layer reads), and its medallion
 /// `quality` (bronze, silver or gold), the table property DLT pipelines set.
-fn table_properties(stage: &str) -> [(&'static str, Option<&str>); 2] {
+fn table_properties(stage: &str) -> [(&'static str, Option<&str>); 3] {
     let quality = stage.split('.').next().unwrap_or(stage);
     [
         ("delta.enableChangeDataFeed", Some("true")),
+        // Spark's default: a reader replays at most ten JSON commits after the last checkpoint.
+        ("delta.checkpointInterval", Some("10")),
         ("quality", Some(quality)),
     ]
 }

@@ -309,7 +309,7 @@ const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 /// sequence of its last delete (so an older insert delivered late is not resurrected), and the
 /// sequence of each truncate. A Delta table in the silver table's folder, hidden from readers as
 /// `_`-prefixed folders are.
-fn tombstones_location(silver: &str) -> String {
+pub(super) fn tombstones_location(silver: &str) -> String {
     format!("{}/_weir_tombstones", silver.trim_end_matches('/'))
 }
 

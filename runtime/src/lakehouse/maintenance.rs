@@ -1,0 +1,95 @@
+//! Table care: compaction of small files, then vacuum, for every table a pipeline writes. It runs
+//! between passes of the layers (or on demand), so no writer of the same process races it; a
+//! compaction commit changes no data (`dataChange = false`), so the change feeds the next layers
+//! read are untouched. Checkpoints need no schedule: every table is created with
+//! `delta.checkpointInterval`, and the writer checkpoints as it commits.
+
+use chrono::Duration;
+
+use super::*;
+use crate::config::MaintenanceConfig;
+
+/// What maintenance did to one table.
+#[derive(Debug, Default, Clone)]
+pub struct MaintenanceReport {
+    pub files_compacted: u64,
+    pub files_written: u64,
+    pub files_vacuumed: usize,
+    pub table_version: Option<u64>,
+}
+
+impl fmt::Display for MaintenanceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} files compacted into {}, {} unused files vacuumed",
+            self.files_compacted, self.files_written, self.files_vacuumed
+        )?;
+        if let Some(v) = self.table_version {
+            write!(f, ", table at version {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every table the pipeline writes, named as in reports.
+fn tables(pipeline: &Pipeline) -> Vec<(String, String)> {
+    let silver = &pipeline.silver.layer.table;
+    let mut out = vec![
+        ("bronze".to_owned(), pipeline.bronze.layer.table.clone()),
+        ("silver".to_owned(), silver.clone()),
+        (
+            "silver tombstones".to_owned(),
+            silver::tombstones_location(silver),
+        ),
+    ];
+    if let Some(q) = &pipeline.silver.quarantine_table {
+        out.push(("silver quarantine".to_owned(), q.clone()));
+    }
+    out.extend(
+        pipeline
+            .gold
+            .iter()
+            .map(|(n, g)| (format!("gold.{n}"), g.layer.table.clone())),
+    );
+    out
+}
+
+/// Compacts and vacuums every table of the pipeline that exists.
+pub async fn maintain(
+    pipeline: &Pipeline,
+    config: &MaintenanceConfig,
+) -> Result<Vec<(String, MaintenanceReport)>> {
+    let mut out = Vec::new();
+    for (name, location) in tables(pipeline) {
+        let stage = format!("maintenance of {name}");
+        let table = open(&stage, &location).await?;
+        if table.version().is_none() {
+            continue;
+        }
+        let (table, compacted) = table
+            .optimize()
+            .await
+            .map_err(delta_err(&stage, &location))?;
+        let retention = i64::try_from(config.vacuum_retention_hours)
+            .ok()
+            .and_then(Duration::try_hours)
+            .unwrap_or(Duration::MAX);
+        let (table, vacuumed) = table
+            .vacuum()
+            .with_retention_period(retention)
+            // The pipeline file's retention is the owner's decision, shorter than Delta's or not.
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(delta_err(&stage, &location))?;
+        let report = MaintenanceReport {
+            files_compacted: compacted.num_files_removed,
+            files_written: compacted.num_files_added,
+            files_vacuumed: vacuumed.files_deleted.len(),
+            table_version: table.version(),
+        };
+        tracing::info!(table = %location, %report, "table maintained");
+        out.push((name, report));
+    }
+    Ok(out)
+}

@@ -1,0 +1,98 @@
+//! Table care: checkpoints every ten commits, compaction and vacuum (`weir maintain`) leave every
+//! table's rows as they were, and the layers go on correctly afterwards.
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use weir_tests::{
+    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, weir_binary,
+};
+
+/// Parquet data files under `table` (the log and hidden folders aside).
+fn data_files(table: &Path) -> Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(table)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path.is_dir() && !name.starts_with('_') {
+            count += data_files(&path)?;
+        } else if name.ends_with(".parquet") {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_vacuum_keep_the_rows_and_checkpoints_come_every_ten_commits() -> Result<()>
+{
+    let t = TestPipeline::new("maintenance").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline()?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    // Small commits, deletes among them (so silver keeps tombstones).
+    for round in 0..10 {
+        t.db.batch_execute(&format!(
+            "UPDATE onlineshop SET quantity = quantity + 1 WHERE id % 10 = {round};
+             DELETE FROM onlineshop WHERE id = {};",
+            100 + round
+        ))
+        .await?;
+        weir::pipeline::run_triggered(&pipeline).await?;
+    }
+    let silver = Path::new(pipeline.silver.layer.table.trim_start_matches("file://"));
+    let checkpoints = std::fs::read_dir(silver.join("_delta_log"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".checkpoint.parquet")
+        })
+        .count();
+    ensure!(
+        checkpoints >= 1,
+        "silver has no checkpoint after more than ten commits"
+    );
+    let before = data_files(silver)?;
+    let tombstone_files = data_files(&silver.join("_weir_tombstones"))?;
+
+    let out = tokio::process::Command::new(weir_binary()?)
+        .arg("maintain")
+        .arg(t.pipeline_path())
+        .args(["--retention-hours", "0"])
+        .env("WEIR_LOG", "warn")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        stdout.contains("silver: ") && stdout.contains("compacted"),
+        "{stdout}"
+    );
+    let after = data_files(silver)?;
+    ensure!(
+        after < before,
+        "silver had {before} data files, {after} after compaction and vacuum"
+    );
+    ensure!(
+        data_files(&silver.join("_weir_tombstones"))? >= 1 && tombstone_files >= 1,
+        "the tombstones inside silver's folder survive silver's vacuum"
+    );
+    assert_silver_equals_source(&t, &pipeline).await?;
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+
+    // The layers read each other's change feeds across the compaction commits.
+    t.db.batch_execute(
+        "UPDATE onlineshop SET price = price + 1 WHERE id % 4 = 0;
+         DELETE FROM onlineshop WHERE id % 9 = 0;",
+    )
+    .await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    assert_silver_equals_source(&t, &pipeline).await?;
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    Ok(())
+}

@@ -190,6 +190,15 @@ pub struct SilverConfig {
     pub expectations: Vec<Expectation>,
     /// Delta table receiving the rows `drop` expectations remove, with the rules they failed.
     pub quarantine_table: Option<String>,
+    /// `STORED AS SCD TYPE 1` (the latest row per key) or `2` (every version, with `__START_AT`
+    /// and `__END_AT`).
+    pub scd_type: ScdType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScdType {
+    One,
+    Two,
 }
 
 /// DLT's `COLUMNS (...)` / `COLUMNS * EXCEPT (...)`.
@@ -435,6 +444,7 @@ struct RawSilver {
     #[serde(default)]
     expectations: Vec<Expectation>,
     quarantine_table: Option<Spanned<String>>,
+    stored_as_scd_type: Option<Spanned<u8>>,
 }
 
 fn default_sequence_by() -> Vec<String> {
@@ -603,6 +613,27 @@ impl Pipeline {
                 ));
             }
         };
+        let silver_scd_type = match &raw.silver.stored_as_scd_type {
+            None => ScdType::One,
+            Some(t) => match (*t.get_ref(), &raw.silver.apply_as_truncates) {
+                (1, _) => ScdType::One,
+                (2, None) => ScdType::Two,
+                (2, Some(_)) => {
+                    return Err(ctx.invalid(
+                        t,
+                        "silver.stored_as_scd_type",
+                        "apply_as_truncates applies to SCD type 1 only, as in DLT",
+                    ));
+                }
+                (other, _) => {
+                    return Err(ctx.invalid(
+                        t,
+                        "silver.stored_as_scd_type",
+                        &format!("{other} is not 1 or 2"),
+                    ));
+                }
+            },
+        };
         let mut gold = BTreeMap::new();
         for (gold_name, g) in raw.gold {
             let key = format!("gold.{gold_name}");
@@ -696,6 +727,7 @@ impl Pipeline {
                 columns: silver_columns,
                 ignore_null_updates: raw.silver.ignore_null_updates,
                 expectations: raw.silver.expectations,
+                scd_type: silver_scd_type,
                 quarantine_table: match &raw.silver.quarantine_table {
                     Some(q) => Some(ctx.location(q, "silver.quarantine_table")?),
                     None => None,
@@ -992,6 +1024,31 @@ count_column = "order_lines"
             err.contains("silver.except_column_list") && err.contains("`id`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn scd_type_is_1_or_2_and_type_2_takes_no_truncates() {
+        assert_eq!(
+            parse(MINIMAL).expect("valid file").silver.scd_type,
+            ScdType::One
+        );
+        let two = MINIMAL.replace("keys = [\"id\"]", "keys = [\"id\"]\nstored_as_scd_type = 2");
+        assert_eq!(
+            parse(&two).expect("valid file").silver.scd_type,
+            ScdType::Two
+        );
+        let three = two.replace("stored_as_scd_type = 2", "stored_as_scd_type = 3");
+        let err = parse(&three).expect_err("type 3").to_string();
+        assert!(
+            err.contains("silver.stored_as_scd_type") && err.contains("3 is not 1 or 2"),
+            "{err}"
+        );
+        let truncating = two.replace(
+            "stored_as_scd_type = 2",
+            "stored_as_scd_type = 2\napply_as_truncates = \"op = 't'\"",
+        );
+        let err = parse(&truncating).expect_err("SCD 2 truncates").to_string();
+        assert!(err.contains("SCD type 1 only"), "{err}");
     }
 
     #[test]

@@ -22,21 +22,31 @@ use serde::Deserialize;
 use weir_guest::columns;
 use weir_guest::{RecordBatch, Result, RowTransform, TransformError, config, host};
 
-pub struct SilverDedup;
+pub struct SilverDedup {
+    keep_history: bool,
+}
 
-/// No options yet; unknown keys are rejected.
+/// Unknown keys are rejected.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {}
+struct Config {
+    /// Keep every change of a key (for SCD type 2 silver, where each is a version), dropping only
+    /// repeated deliveries; by default only the last change of a key is kept.
+    #[serde(default)]
+    keep_history: bool,
+}
 
 impl RowTransform for SilverDedup {
     fn configure(config_json: &str) -> Result<Self> {
-        let Config {} = config::parse(config_json)?;
-        Ok(Self)
+        let Config { keep_history } = config::parse(config_json)?;
+        Ok(Self { keep_history })
     }
 
     fn transform(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        dedup(&batch)
+        match self.keep_history {
+            true => dedup_keeping_history(&batch),
+            false => dedup(&batch),
+        }
     }
 }
 
@@ -62,6 +72,15 @@ impl Change {
 
 /// Keeps the last change per `id`, ordered by `id`.
 pub fn dedup(batch: &RecordBatch) -> Result<RecordBatch> {
+    dedup_with(batch, false)
+}
+
+/// Keeps every change but repeated deliveries, ordered by `id` and sequence.
+pub fn dedup_keeping_history(batch: &RecordBatch) -> Result<RecordBatch> {
+    dedup_with(batch, true)
+}
+
+fn dedup_with(batch: &RecordBatch, keep_history: bool) -> Result<RecordBatch> {
     let ids = columns::primitive::<Int64Type>(batch, "id")?;
     let commit_lsns = match batch.column_by_name("commit_lsn") {
         Some(_) => Some(columns::primitive::<Int64Type>(batch, "commit_lsn")?),
@@ -101,7 +120,7 @@ pub fn dedup(batch: &RecordBatch) -> Result<RecordBatch> {
     for (position, change) in changes.iter().enumerate() {
         match changes.get(position + 1) {
             Some(next) if next.same_event(change) => duplicates += 1,
-            Some(next) if next.id == change.id => superseded += 1,
+            Some(next) if next.id == change.id && !keep_history => superseded += 1,
             _ => keep.push(position),
         }
     }
@@ -477,6 +496,24 @@ mod tests {
                 Some(UNAVAILABLE_VALUE.to_owned()),
             ]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn with_keep_history_every_change_but_repeats_stays_in_order() -> Result<()> {
+        let batch = bronze(&[
+            (1, 105, 3, "u"),
+            (1, 100, 0, "c"),
+            (1, 105, 4, "u"),
+            (2, 90, 1, "c"),
+        ]);
+        let out = testing::run_row_transform::<SilverDedup>(r#"{"keep_history": true}"#, &batch)?;
+        assert_eq!(
+            kept(&out),
+            events(&[(1, 100, 0, "c"), (1, 105, 4, "u"), (2, 90, 1, "c")])
+        );
+        assert_eq!(host::counter("duplicates_dropped"), 1);
+        assert_eq!(host::counter("superseded_dropped"), 0);
         Ok(())
     }
 }

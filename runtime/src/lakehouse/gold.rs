@@ -221,9 +221,13 @@ pub(super) fn weigh(
 ) -> Result<Option<RecordBatch>> {
     let mut out = Vec::new();
     for (batch, change_type) in changes {
+        // In an SCD type 2 silver only current versions (`__END_AT` null) are the table's rows.
+        let ended = batch.column_by_name(silver::END_AT).cloned();
         let weights: Int64Array = change_type
             .iter()
-            .map(|t| match t {
+            .enumerate()
+            .map(|(row, t)| match t {
+                _ if ended.as_ref().is_some_and(|e| e.is_valid(row)) => Some(0),
                 Some("insert" | "update_postimage") => Some(1),
                 Some("delete" | "update_preimage") => Some(-1),
                 _ => Some(0),

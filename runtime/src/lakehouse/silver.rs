@@ -5,7 +5,7 @@ use deltalake::datafusion::logical_expr::lit;
 use deltalake::datafusion::scalar::ScalarValue;
 
 use super::*;
-use crate::config::SilverConfig;
+use crate::config::{ScdType, SilverConfig};
 
 pub(super) async fn silver_pass(
     pipeline: &Pipeline,
@@ -314,6 +314,9 @@ pub(super) fn tombstones_location(silver: &str) -> String {
 }
 
 const TRUNCATE_FLAG: &str = "__truncate";
+/// SCD type 2's validity columns, named as DLT names them.
+pub(super) const START_AT: &str = "__START_AT";
+pub(super) const END_AT: &str = "__END_AT";
 const DELETE_FLAG: &str = "__delete";
 
 /// APPLY CHANGES of one batch (at most one change per key, the component's output) into silver:
@@ -344,7 +347,8 @@ async fn apply_changes(
             ));
         }
     }
-    let mut silver = if silver.version().is_none() {
+    // An SCD type 2 table has columns the changes do not: it is created from its first versions.
+    let mut silver = if silver.version().is_none() && cfg.scd_type == ScdType::One {
         create_table(
             STAGE,
             location,
@@ -378,7 +382,143 @@ async fn apply_changes(
         tombstones = record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
     }
     drop(tombstones);
-    merge_keyed(location, silver, keyed, &target_columns, cfg, txns).await
+    match cfg.scd_type {
+        ScdType::One => merge_keyed(location, silver, keyed, &target_columns, cfg, txns).await,
+        ScdType::Two => merge_versions(location, silver, keyed, &target_columns, cfg, txns).await,
+    }
+}
+
+/// SCD type 2: each change newer than the key's latest stored version becomes a version of its
+/// own (`__START_AT` its sequence, `__END_AT` the next change's, or null while current); a delete
+/// ends the current version without starting one. `__START_AT`/`__END_AT` hold the first
+/// `sequence_by` column; the row keeps all of them.
+async fn merge_versions(
+    location: &str,
+    silver: DeltaTable,
+    keyed: RecordBatch,
+    target_columns: &[String],
+    cfg: &SilverConfig,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    const STAGE: &str = "silver";
+    let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
+    let ctx = SessionContext::new();
+    ctx.register_batch("keyed", keyed).map_err(err)?;
+    let keys = cfg.keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+    let order = cfg
+        .sequence_by
+        .iter()
+        .map(|k| q(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let newest_first = cfg
+        .sequence_by
+        .iter()
+        .map(|c| format!("{} DESC", q(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let changes = if silver.version().is_some() {
+        // Changes no newer than the key's latest stored version were applied already, or are late.
+        let provider = silver
+            .table_provider()
+            .await
+            .map_err(|e| stage_err(STAGE, e))?;
+        ctx.register_table("silver", provider).map_err(err)?;
+        let same_key = cfg
+            .keys
+            .iter()
+            .map(|k| format!("c.{0} = s.{0}", q(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        format!(
+            "(SELECT c.* FROM keyed c LEFT JOIN \
+               (SELECT {keys}, {order} FROM \
+                  (SELECT {keys}, {order}, \
+                          ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {newest_first}) AS __rank \
+                   FROM silver) \
+                WHERE __rank = 1) s ON {same_key} \
+             WHERE s.{first} IS NULL OR {newer})",
+            first = q(&cfg.keys[0]),
+            newer = sequence_newer(&cfg.sequence_by, "c", "s"),
+        )
+    } else {
+        "keyed".to_owned()
+    };
+    let start = q(&cfg.sequence_by[0]);
+    let (start_at, end_at) = (q(START_AT), q(END_AT));
+    let window = format!("OVER (PARTITION BY {keys} ORDER BY {order})");
+    let columns = target_columns
+        .iter()
+        .map(|c| q(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let versions = sql_batch(
+        &ctx,
+        &format!(
+            "WITH v AS (SELECT *, {start} AS {start_at}, LEAD({start}) {window} AS {end_at}, \
+                               ROW_NUMBER() {window} AS __position, \
+                               COALESCE(({is_delete}), false) AS __is_delete \
+                        FROM {changes} AS c) \
+             SELECT {columns}, {start_at}, {end_at}, 'insert' AS __action FROM v WHERE NOT __is_delete \
+             UNION ALL \
+             SELECT {columns}, {start_at}, {end_at}, 'close' AS __action FROM v WHERE __position = 1",
+            is_delete = cfg.apply_as_deletes,
+        ),
+    )
+    .await?;
+    let mut stored: Vec<String> = target_columns.to_vec();
+    stored.extend([START_AT.to_owned(), END_AT.to_owned()]);
+    let silver = if silver.version().is_none() {
+        create_table(
+            STAGE,
+            location,
+            silver,
+            &versions,
+            &stored,
+            &cfg.layer.partition_by,
+        )
+        .await?
+    } else {
+        silver
+    };
+    let before_version = silver.version();
+    let source = ctx.read_batch(versions).map_err(err)?;
+    let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
+    let (table, metrics) = silver
+        .merge(
+            source,
+            format!(
+                "{} AND target.{end_at} IS NULL AND source.__action = 'close'",
+                keys_match(&cfg.keys)
+            ),
+        )
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_commit_properties(commit_properties(txns.clone()))
+        .when_matched_update(|u| u.update(Column::from_name(END_AT), format!("source.{start_at}")))
+        .map_err(delta_err(STAGE, location))?
+        .when_not_matched_insert(|i| {
+            stored
+                .iter()
+                .fold(i.predicate("source.__action = 'insert'"), |i, c| {
+                    i.set(Column::from_name(c.as_str()), src(c))
+                })
+        })
+        .map_err(delta_err(STAGE, location))?
+        .await
+        .map_err(delta_err(STAGE, location))?;
+    let mut table = table;
+    if table.version() == before_version {
+        commit_progress_only(STAGE, location, &mut table, txns).await?;
+    }
+    tracing::info!(
+        table = %location,
+        versions = metrics.num_target_rows_inserted,
+        ended = metrics.num_target_rows_updated,
+        version = ?table.version(),
+        "silver merge (SCD type 2)"
+    );
+    Ok(table)
 }
 
 /// Splits the batch into its latest truncate (if any) and its keyed changes. Rows without a key
@@ -513,8 +653,20 @@ async fn tombstone_rows(
         true => "false".to_owned(),
         false => format!("COALESCE(({}), false)", cfg.apply_as_deletes),
     };
+    let keys = cfg.keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+    let newest_first = cfg
+        .sequence_by
+        .iter()
+        .map(|c| format!("{} DESC", q(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // A key's latest change decides its tombstone (SCD type 2 batches hold several per key).
     let sql = format!(
-        "SELECT {columns}, {is_delete} AS {DELETE_FLAG}, {truncate} AS {TRUNCATE_FLAG} FROM rows"
+        "SELECT {columns}, {DELETE_FLAG}, {TRUNCATE_FLAG} FROM \
+           (SELECT {columns}, {is_delete} AS {DELETE_FLAG}, {truncate} AS {TRUNCATE_FLAG}, \
+                   ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {newest_first}) AS __rank \
+            FROM rows) \
+         WHERE __rank = 1"
     );
     sql_batch(&ctx, &sql).await
 }

@@ -9,6 +9,9 @@ WEIR_CACHE="${WEIR_CACHE:-$HOME/.cache/weir}"
 TANSU_VERSION="0.6.0"
 TANSU_BIN="$WEIR_CACHE/tools/tansu-$TANSU_VERSION/bin/tansu"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+# Azurite emulates Azure Blob Storage (the reference design's ADLS Gen2 `landing-zone`) for tests.
+AZURITE_VERSION="3.35.0"
+AZURITE_DIR="$WEIR_CACHE/tools/azurite-$AZURITE_VERSION"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use weir_tests::{TestPipeline, pg_rows, weir_binary};
 
 const READER: &str = r#"
-import json, sys
+import json, os, sys
 from deltalake import DeltaTable
 silver = DeltaTable(sys.argv[1]).to_pyarrow_table(columns=["id", "quantity", "price"]).to_pylist()
 gold = DeltaTable(sys.argv[2]).to_pyarrow_table(
@@ -15,7 +15,10 @@ gold = DeltaTable(sys.argv[2]).to_pyarrow_table(
 print(json.dumps({
     "silver": [[str(r["id"]), str(r["quantity"]), str(r["price"])] for r in silver],
     "gold": [[r["productno"], str(r["total_quantity_sold"]), str(r["order_lines"])] for r in gold],
-}))
+}), flush=True)
+# Native threads of the readers can abort the interpreter's teardown ("terminate called without an
+# active exception"); the answer is out, so leave at once.
+os._exit(0)
 "#;
 
 fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {

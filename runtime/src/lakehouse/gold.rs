@@ -290,21 +290,10 @@ async fn merge_gold(
         })
         .map_err(delta_err(stage, location))?
         .when_not_matched_insert(|i| {
-            columns
-                .iter()
-                .fold(i.predicate(format!("source.{count} <> 0")), |i, c| {
-                    i.set(
-                        Column::from_name(c.as_str()),
-                        Expr::Column(Column::new(Some("source"), c.as_str())),
-                    )
-                })
+            insert_from_source(i, format!("source.{count} <> 0"), &columns)
         })
         .map_err(delta_err(stage, location))?
         .await
         .map_err(delta_err(stage, location))?;
-    let mut table = table;
-    if table.version() == before_version {
-        commit_progress_only(stage, location, &mut table, txns).await?;
-    }
-    Ok(table)
+    record_progress_if_unchanged(stage, location, table, before_version, txns).await
 }

@@ -421,6 +421,37 @@ fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
     CommitProperties::default().with_application_transactions(txns)
 }
 
+/// A MERGE's `WHEN NOT MATCHED AND predicate THEN INSERT`, each of `columns` from the source.
+fn insert_from_source<'a>(
+    insert: deltalake::operations::merge::InsertBuilder,
+    predicate: String,
+    columns: impl IntoIterator<Item = &'a String>,
+) -> deltalake::operations::merge::InsertBuilder {
+    columns
+        .into_iter()
+        .fold(insert.predicate(predicate), |i, c| {
+            i.set(
+                Column::from_name(c.as_str()),
+                Expr::Column(Column::new(Some("source"), c.as_str())),
+            )
+        })
+}
+
+/// After a MERGE: if it changed nothing (every change was late or repeated), records the
+/// progress alone.
+async fn record_progress_if_unchanged(
+    stage: &str,
+    location: &str,
+    mut table: DeltaTable,
+    before_version: Option<u64>,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    if table.version() == before_version {
+        commit_progress_only(stage, location, &mut table, txns).await?;
+    }
+    Ok(table)
+}
+
 /// Records progress without data, for batches that produced no rows.
 async fn commit_progress_only(
     stage: &str,

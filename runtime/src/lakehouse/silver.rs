@@ -404,19 +404,9 @@ async fn merge_versions(
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let ctx = SessionContext::new();
     ctx.register_batch("keyed", keyed).map_err(err)?;
-    let keys = cfg.keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
-    let order = cfg
-        .sequence_by
-        .iter()
-        .map(|k| q(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let newest_first = cfg
-        .sequence_by
-        .iter()
-        .map(|c| format!("{} DESC", q(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let keys = columns_sql(&cfg.keys, q, ", ");
+    let order = columns_sql(&cfg.sequence_by, q, ", ");
+    let newest_first = columns_sql(&cfg.sequence_by, |c| format!("{} DESC", q(c)), ", ");
     let changes = if silver.version().is_some() {
         // Changes no newer than the key's latest stored version were applied already, or are late.
         let provider = silver
@@ -424,12 +414,7 @@ async fn merge_versions(
             .await
             .map_err(|e| stage_err(STAGE, e))?;
         ctx.register_table("silver", provider).map_err(err)?;
-        let same_key = cfg
-            .keys
-            .iter()
-            .map(|k| format!("c.{0} = s.{0}", q(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let same_key = columns_sql(&cfg.keys, |k| format!("c.{0} = s.{0}", q(k)), " AND ");
         format!(
             "(SELECT c.* FROM keyed c LEFT JOIN \
                (SELECT {keys}, {order} FROM \
@@ -483,7 +468,6 @@ async fn merge_versions(
     };
     let before_version = silver.version();
     let source = ctx.read_batch(versions).map_err(err)?;
-    let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
     let (table, metrics) = silver
         .merge(
             source,
@@ -498,19 +482,12 @@ async fn merge_versions(
         .when_matched_update(|u| u.update(Column::from_name(END_AT), format!("source.{start_at}")))
         .map_err(delta_err(STAGE, location))?
         .when_not_matched_insert(|i| {
-            stored
-                .iter()
-                .fold(i.predicate("source.__action = 'insert'"), |i, c| {
-                    i.set(Column::from_name(c.as_str()), src(c))
-                })
+            insert_from_source(i, "source.__action = 'insert'".into(), &stored)
         })
         .map_err(delta_err(STAGE, location))?
         .await
         .map_err(delta_err(STAGE, location))?;
-    let mut table = table;
-    if table.version() == before_version {
-        commit_progress_only(STAGE, location, &mut table, txns).await?;
-    }
+    let table = record_progress_if_unchanged(STAGE, location, table, before_version, txns).await?;
     tracing::info!(
         table = %location,
         versions = metrics.num_target_rows_inserted,
@@ -538,12 +515,7 @@ async fn split_truncates(
     let keyed = run(sql(&has_key)).await?;
     let truncates = match &cfg.apply_as_truncates {
         Some(is_truncate) => {
-            let newest_first = cfg
-                .sequence_by
-                .iter()
-                .map(|c| format!("{} DESC", q(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let newest_first = columns_sql(&cfg.sequence_by, |c| format!("{} DESC", q(c)), ", ");
             let truncates = run(format!(
                 "{} ORDER BY {newest_first} LIMIT 1",
                 sql(&format!("COALESCE(({is_truncate}), false)"))
@@ -598,25 +570,10 @@ async fn drop_superseded(
         .map(|f| format!("c.{}", q(f.name())))
         .collect::<Vec<_>>()
         .join(", ");
-    let keys = cfg.keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
-    let sequence = cfg
-        .sequence_by
-        .iter()
-        .map(|k| q(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let newest_first = cfg
-        .sequence_by
-        .iter()
-        .map(|c| format!("{} DESC", q(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let same_key = cfg
-        .keys
-        .iter()
-        .map(|k| format!("c.{0} = t.{0}", q(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let keys = columns_sql(&cfg.keys, q, ", ");
+    let sequence = columns_sql(&cfg.sequence_by, q, ", ");
+    let newest_first = columns_sql(&cfg.sequence_by, |c| format!("{} DESC", q(c)), ", ");
+    let same_key = columns_sql(&cfg.keys, |k| format!("c.{0} = t.{0}", q(k)), " AND ");
     let first_key = q(&cfg.keys[0]);
     let sql = format!(
         "SELECT {columns} FROM keyed c \
@@ -653,13 +610,8 @@ async fn tombstone_rows(
         true => "false".to_owned(),
         false => format!("COALESCE(({}), false)", cfg.apply_as_deletes),
     };
-    let keys = cfg.keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
-    let newest_first = cfg
-        .sequence_by
-        .iter()
-        .map(|c| format!("{} DESC", q(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let keys = columns_sql(&cfg.keys, q, ", ");
+    let newest_first = columns_sql(&cfg.sequence_by, |c| format!("{} DESC", q(c)), ", ");
     // A key's latest change decides its tombstone (SCD type 2 batches hold several per key).
     let sql = format!(
         "SELECT {columns}, {DELETE_FLAG}, {TRUNCATE_FLAG} FROM \
@@ -669,6 +621,15 @@ async fn tombstone_rows(
          WHERE __rank = 1"
     );
     sql_batch(&ctx, &sql).await
+}
+
+/// `columns`, each written by `each`, joined by `separator`: a fragment of the SQL below.
+fn columns_sql(columns: &[String], each: impl Fn(&str) -> String, separator: &str) -> String {
+    columns
+        .iter()
+        .map(|c| each(c))
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 /// Runs `sql` and gathers its rows in one batch of the query's schema (empty when no rows).
@@ -735,9 +696,10 @@ async fn record_tombstones(
         .when_matched_delete(|d| d.predicate(format!("NOT source.{DELETE_FLAG}")))
         .map_err(delta_err(STAGE, location))?
         .when_not_matched_insert(|i| {
-            stored.iter().fold(
-                i.predicate(format!("source.{DELETE_FLAG} OR source.{TRUNCATE_FLAG}")),
-                |i, c| i.set(Column::from_name(c.as_str()), src(c)),
+            insert_from_source(
+                i,
+                format!("source.{DELETE_FLAG} OR source.{TRUNCATE_FLAG}"),
+                &stored,
             )
         })
         .map_err(delta_err(STAGE, location))?
@@ -808,7 +770,6 @@ async fn merge_keyed(
         "COALESCE(({}), false)",
         qualify_source(&cfg.apply_as_deletes)
     );
-    let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
     let is_text = |c: &str| {
         schema.field_with_name(c).is_ok_and(|f| {
             matches!(
@@ -876,20 +837,12 @@ async fn merge_keyed(
         })
         .map_err(delta_err(STAGE, location))?
         .when_not_matched_insert(|i| {
-            target_columns
-                .iter()
-                .fold(i.predicate(format!("NOT {is_delete}")), |i, c| {
-                    i.set(Column::from_name(c.as_str()), src(c))
-                })
+            insert_from_source(i, format!("NOT {is_delete}"), target_columns)
         })
         .map_err(delta_err(STAGE, location))?
         .await
         .map_err(delta_err(STAGE, location))?;
-    let mut table = table;
-    if table.version() == before_version {
-        // Nothing changed (every event was late or repeated): record the progress alone.
-        commit_progress_only(STAGE, location, &mut table, txns).await?;
-    }
+    let table = record_progress_if_unchanged(STAGE, location, table, before_version, txns).await?;
     tracing::info!(
         table = %location,
         inserted = metrics.num_target_rows_inserted,

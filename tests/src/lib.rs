@@ -34,6 +34,30 @@ pub fn weir_binary() -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// Runs the `weir` binary with `args` and extra environment `env` (logging at `warn`), as a user
+/// would, and returns what it printed and how it exited.
+pub async fn run_weir(args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+    Ok(tokio::process::Command::new(weir_binary()?)
+        .args(args)
+        .env("WEIR_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .await?)
+}
+
+/// [`run_weir`], failing with its output unless it succeeds; returns its standard output.
+pub async fn weir_ok(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let out = run_weir(args, env).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "weir {args:?} failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
 /// Retries `check` every 200 ms until it succeeds or `within` passes; returns its last error.
 pub async fn eventually<T, F, Fut>(within: std::time::Duration, mut check: F) -> Result<T>
 where

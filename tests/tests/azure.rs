@@ -4,24 +4,14 @@
 //! environment, as a user would pass credentials.
 
 use anyhow::{Context, Result, ensure};
-use weir_tests::{TestPipeline, pg_rows, weir_binary};
+use weir_tests::{TestPipeline, pg_rows, weir_ok};
 
-async fn weir(t: &TestPipeline, blob_url: &str, args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new(weir_binary()?)
-        .args(args)
-        .env("AZURE_STORAGE_USE_EMULATOR", "true")
-        .env("AZURITE_BLOB_STORAGE_URL", blob_url)
-        .env("WEIR_LOG", "warn")
-        .current_dir(t.dir.path())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "weir {args:?} failed:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
+async fn weir(blob_url: &str, args: &[&str]) -> Result<String> {
+    let emulator = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true"),
+        ("AZURITE_BLOB_STORAGE_URL", blob_url),
+    ];
+    weir_ok(args, &emulator).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,13 +25,13 @@ async fn the_pipeline_runs_on_azure_blob_storage() -> Result<()> {
     t.pipeline_with(|text| text.replace(&local_lake, &remote_lake))?;
     let file = t.pipeline_path().display().to_string();
 
-    weir(&t, &blob_url, &["run", &file, "--triggered"]).await?;
+    weir(&blob_url, &["run", &file, "--triggered"]).await?;
     t.db.batch_execute(
         "UPDATE onlineshop SET quantity = quantity + 2 WHERE id % 6 = 0;
          DELETE FROM onlineshop WHERE id % 10 = 0;",
     )
     .await?;
-    weir(&t, &blob_url, &["run", &file, "--triggered"]).await?;
+    weir(&blob_url, &["run", &file, "--triggered"]).await?;
 
     // Silver and gold, summed, equal the same sums over the source.
     let expected = pg_rows(
@@ -58,7 +48,7 @@ async fn the_pipeline_runs_on_azure_blob_storage() -> Result<()> {
         "SELECT CAST(sum(order_lines) AS VARCHAR) AS n, CAST(sum(total_quantity_sold) AS VARCHAR) AS q, \
          CAST(sum(total_sales_value) AS VARCHAR) AS v FROM gold_sales_report",
     ] {
-        let printed = weir(&t, &blob_url, &["query", &file, sql]).await?;
+        let printed = weir(&blob_url, &["query", &file, sql]).await?;
         let row = printed
             .lines()
             .find(|l| l.starts_with("| ") && !l.contains(" n "))

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use weir_tests::{TestPipeline, pg_rows, weir_binary};
+use weir_tests::{TestPipeline, pg_rows, weir_ok};
 
 const READER: &str = r#"
 import json, os, sys
@@ -61,21 +61,8 @@ async fn python_deltalake_reads_silver_and_gold_as_the_source_holds_them() -> Re
     )
     .await?;
     weir::pipeline::run_triggered(&pipeline).await?;
-    let maintained = tokio::process::Command::new(weir_binary()?)
-        .args([
-            "maintain",
-            &t.pipeline_path().display().to_string(),
-            "--retention-hours",
-            "0",
-        ])
-        .env("WEIR_LOG", "warn")
-        .output()
-        .await?;
-    ensure!(
-        maintained.status.success(),
-        "weir maintain failed: {}",
-        String::from_utf8_lossy(&maintained.stderr)
-    );
+    let file = t.pipeline_path().display().to_string();
+    weir_ok(&["maintain", &file, "--retention-hours", "0"], &[]).await?;
 
     let local = |location: &str| location.trim_start_matches("file://").to_owned();
     let out = tokio::process::Command::new(&python)

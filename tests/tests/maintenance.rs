@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, ensure};
-use weir_tests::{
-    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, weir_binary,
-};
+use weir_tests::{TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, weir_ok};
 
 /// Parquet data files under `table` (the log and hidden folders aside).
 fn data_files(table: &Path) -> Result<usize> {
@@ -56,19 +54,8 @@ async fn compaction_and_vacuum_keep_the_rows_and_checkpoints_come_every_ten_comm
     let before = data_files(silver)?;
     let tombstone_files = data_files(&silver.join("_weir_tombstones"))?;
 
-    let out = tokio::process::Command::new(weir_binary()?)
-        .arg("maintain")
-        .arg(t.pipeline_path())
-        .args(["--retention-hours", "0"])
-        .env("WEIR_LOG", "warn")
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let file = t.pipeline_path().display().to_string();
+    let stdout = weir_ok(&["maintain", &file, "--retention-hours", "0"], &[]).await?;
     ensure!(
         stdout.contains("silver: ") && stdout.contains("compacted"),
         "{stdout}"

@@ -2,7 +2,7 @@
 //! tables): the result equals what the incremental passes built, and they go on from it.
 
 use anyhow::{Result, ensure};
-use weir_tests::{TestPipeline, assert_gold_equals_group_by, rows_as_text, weir_binary};
+use weir_tests::{TestPipeline, assert_gold_equals_group_by, rows_as_text, run_weir};
 
 async fn gold_rows(pipeline: &weir::config::Pipeline) -> Result<Vec<Vec<String>>> {
     let mut rows = Vec::new();
@@ -18,13 +18,8 @@ async fn gold_rows(pipeline: &weir::config::Pipeline) -> Result<Vec<Vec<String>>
 }
 
 async fn rebuild(t: &TestPipeline, layer: &str) -> Result<std::process::Output> {
-    Ok(tokio::process::Command::new(weir_binary()?)
-        .arg("rebuild")
-        .arg(t.pipeline_path())
-        .args(["--layer", layer])
-        .env("WEIR_LOG", "warn")
-        .output()
-        .await?)
+    let file = t.pipeline_path().display().to_string();
+    run_weir(&["rebuild", &file, "--layer", layer], &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

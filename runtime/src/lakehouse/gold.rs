@@ -110,36 +110,34 @@ pub(super) async fn rebuild_gold(
     let mut deltas = Vec::new();
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_rows = 0;
-    let mut finished = false;
-    while !finished {
-        match stream.next().await {
-            Some(batch) => {
-                let batch = batch.map_err(err)?;
-                pending_rows += batch.num_rows();
-                pending.push(batch);
-                if pending_rows < ROWS_PER_COMMIT {
-                    continue;
-                }
-            }
-            // One call even for an empty silver: the component's output gives the table's schema.
-            None if !deltas.is_empty() && pending.is_empty() => break,
-            None => finished = true,
+    loop {
+        let next = stream.next().await.transpose().map_err(err)?;
+        let done = next.is_none();
+        if let Some(batch) = next {
+            pending_rows += batch.num_rows();
+            pending.push(batch);
         }
-        let batch =
-            arrow::compute::concat_batches(&schema, &pending).map_err(|e| stage_err(&stage, e))?;
-        let inserts = StringArray::from(vec!["insert"; batch.num_rows()]);
-        report.rows_in += batch.num_rows();
-        let Some(weighted) = weigh(&stage, vec![(batch, inserts)])? else {
-            continue;
-        };
-        let label = format!(
-            "silver version {silver_version}, rows {}-{}",
-            report.rows_in - pending_rows,
-            report.rows_in
-        );
-        deltas.push(transform.call(&weighted, &label)?);
-        pending.clear();
-        pending_rows = 0;
+        // Full chunks, then the rest; and one call even for an empty silver, as the component's
+        // output gives the table's schema.
+        if pending_rows >= ROWS_PER_COMMIT || (done && (pending_rows > 0 || deltas.is_empty())) {
+            let batch = arrow::compute::concat_batches(&schema, &pending)
+                .map_err(|e| stage_err(&stage, e))?;
+            let label = format!(
+                "silver version {silver_version}, rows {}-{}",
+                report.rows_in,
+                report.rows_in + pending_rows
+            );
+            report.rows_in += pending_rows;
+            let inserts = StringArray::from(vec!["insert"; batch.num_rows()]);
+            if let Some(weighted) = weigh(&stage, vec![(batch, inserts)])? {
+                deltas.push(transform.call(&weighted, &label)?);
+            }
+            pending.clear();
+            pending_rows = 0;
+        }
+        if done {
+            break;
+        }
     }
 
     // The sum of the deltas per group, in the component's own column types.

@@ -379,9 +379,8 @@ async fn apply_changes(
     };
     let rows = tombstone_rows(&keyed, cfg, false).await?;
     if rows.num_rows() > 0 && (tombstones.version().is_some() || has_true(&rows, DELETE_FLAG)) {
-        tombstones = record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
+        record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
     }
-    drop(tombstones);
     match cfg.scd_type {
         ScdType::One => merge_keyed(location, silver, keyed, &target_columns, cfg, txns).await,
         ScdType::Two => merge_versions(location, silver, keyed, &target_columns, cfg, txns).await,

@@ -193,6 +193,9 @@ pub struct SilverConfig {
     /// `STORED AS SCD TYPE 1` (the latest row per key) or `2` (every version, with `__START_AT`
     /// and `__END_AT`).
     pub scd_type: ScdType,
+    /// Changes one MERGE applies at most (more are split along the table's files), which bounds
+    /// a pass's memory whatever the table's size.
+    pub max_changes_per_merge: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,6 +448,12 @@ struct RawSilver {
     expectations: Vec<Expectation>,
     quarantine_table: Option<Spanned<String>>,
     stored_as_scd_type: Option<Spanned<u8>>,
+    #[serde(default = "default_max_changes_per_merge")]
+    max_changes_per_merge: usize,
+}
+
+fn default_max_changes_per_merge() -> usize {
+    100_000
 }
 
 fn default_sequence_by() -> Vec<String> {
@@ -728,6 +737,7 @@ impl Pipeline {
                 ignore_null_updates: raw.silver.ignore_null_updates,
                 expectations: raw.silver.expectations,
                 scd_type: silver_scd_type,
+                max_changes_per_merge: raw.silver.max_changes_per_merge.max(1),
                 quarantine_table: match &raw.silver.quarantine_table {
                     Some(q) => Some(ctx.location(q, "silver.quarantine_table")?),
                     None => None,

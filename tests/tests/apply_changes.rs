@@ -185,3 +185,53 @@ async fn ignore_null_updates_keeps_stored_values_and_column_lists_shape_silver()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_merge_one_group_of_files_at_a_time() -> Result<()> {
+    let t = TestPipeline::new("apply_changes_split").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "apply_as_truncates = \"op = 't'\"",
+            "apply_as_truncates = \"op = 't'\"\nmax_changes_per_merge = 50",
+        )
+    })?;
+    // Three runs of inserts: silver's files hold the key ranges 1-1305, 1306-2000, 2001-3000.
+    weir::pipeline::run_triggered(&pipeline).await?;
+    for ids in ["1306, 2000", "2001, 3000"] {
+        t.db.batch_execute(&format!(
+            "INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
+             SELECT id, '59' || id, '2019-12-10', '2' || (id % 7), 'Product ' || (id % 7), 1.25 * (id % 5 + 1),
+                    id % 9 + 1, '1' || id, 'Norway'
+             FROM generate_series({ids}) AS id"
+        ))
+        .await?;
+        weir::pipeline::run_triggered(&pipeline).await?;
+    }
+    let version_before = silver_version(&pipeline).await?;
+
+    // One batch of changes over every file, far more than one MERGE may take.
+    t.db.batch_execute(
+        "UPDATE onlineshop SET quantity = quantity + 1 WHERE id % 3 = 0;
+         DELETE FROM onlineshop WHERE id % 10 = 1;
+         INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
+           SELECT id, '60' || id, '2019-12-11', '85123A', 'White Hanging Heart', 2.55, 6, '17850', 'France'
+           FROM generate_series(3001, 3100) AS id;",
+    )
+    .await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    let merges = silver_version(&pipeline).await? - version_before;
+    assert!(
+        merges >= 3,
+        "the batch went in one MERGE per group of files, not in {merges}"
+    );
+    assert_eq!(assert_silver_equals_source(&t, &pipeline).await?, 2800);
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    Ok(())
+}
+
+async fn silver_version(pipeline: &weir::config::Pipeline) -> Result<u64> {
+    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
+    let table = deltalake::DeltaTable::try_from_url(url).await?;
+    table.version().context("silver has no version")
+}

@@ -45,6 +45,7 @@ pub use maintenance::{MaintenanceReport, maintain};
 
 use bronze::{bronze_pass, with_ingestion_metadata};
 use gold::{gold_pass, weigh};
+pub use silver::apply_to_silver;
 use silver::{SILVER_DROPPED, apply_expectations, silver_pass};
 
 #[derive(Debug, thiserror::Error)]
@@ -438,7 +439,7 @@ fn insert_from_source<'a>(
 }
 
 /// After a MERGE: if it changed nothing (every change was late or repeated), records the
-/// progress alone.
+/// progress alone, if there is progress to record.
 async fn record_progress_if_unchanged(
     stage: &str,
     location: &str,
@@ -446,7 +447,7 @@ async fn record_progress_if_unchanged(
     before_version: Option<u64>,
     txns: Vec<Transaction>,
 ) -> Result<DeltaTable> {
-    if table.version() == before_version {
+    if table.version() == before_version && !txns.is_empty() {
         commit_progress_only(stage, location, &mut table, txns).await?;
     }
     Ok(table)

@@ -91,14 +91,22 @@ pub(super) async fn apply_batch(
     transform: &mut Transform,
     bronze_rows: &RecordBatch,
 ) -> Result<()> {
-    const STAGE: &str = "silver";
     let out = transform.call(bronze_rows, "replayed bronze rows")?;
     let checked = apply_expectations(pipeline, out).await?;
     if let Some(dropped) = checked.dropped {
         quarantine(pipeline, dropped, Vec::new()).await?;
     }
-    if let Some(changes) = checked.kept.filter(|k| k.num_rows() > 0) {
-        let silver = open(STAGE, &pipeline.silver.layer.table).await?;
+    match checked.kept {
+        Some(changes) => apply_to_silver(pipeline, changes).await,
+        None => Ok(()),
+    }
+}
+
+/// APPLY CHANGES of rows shaped as the silver component's output (at most one change per key)
+/// into silver, recording no progress: for replays and benchmarks.
+pub async fn apply_to_silver(pipeline: &Pipeline, changes: RecordBatch) -> Result<()> {
+    if changes.num_rows() > 0 {
+        let silver = open("silver", &pipeline.silver.layer.table).await?;
         apply_changes(pipeline, silver, changes, Vec::new()).await?;
     }
     Ok(())
@@ -382,9 +390,99 @@ async fn apply_changes(
         record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
     }
     match cfg.scd_type {
-        ScdType::One => merge_keyed(location, silver, keyed, &target_columns, cfg, txns).await,
+        ScdType::One => {
+            // One MERGE per group of files: each rewrites files no other touches and holds one
+            // group's changes at a time. Progress is recorded with the last; replaying the batch
+            // after a crash in between changes nothing twice, because a change applies only over
+            // an older sequence and a batch holds one change per key.
+            let chunks = file_aligned_chunks(&silver, &keyed, cfg)?;
+            let last = chunks.len() - 1;
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let txns = if i == last { txns.clone() } else { Vec::new() };
+                silver = merge_keyed(location, silver, chunk, &target_columns, cfg, txns).await?;
+            }
+            Ok(silver)
+        }
         ScdType::Two => merge_versions(location, silver, keyed, &target_columns, cfg, txns).await,
     }
+}
+
+/// Cuts keyed changes into MERGEs that rewrite disjoint sets of silver's files, so that memory
+/// follows the batch's share of the table rather than the table. The files' key ranges (from
+/// their statistics) are joined where they overlap; changes are sorted by key and cut at the
+/// start of each joined range, and consecutive pieces are packed up to `max_changes_per_merge`.
+/// A MERGE's key range then meets only its own files, which delta-rs's key-range filter keeps
+/// while it skips every other. Without a single key or statistics, the batch stays whole.
+fn file_aligned_chunks(
+    silver: &DeltaTable,
+    batch: &RecordBatch,
+    cfg: &SilverConfig,
+) -> Result<Vec<RecordBatch>> {
+    const STAGE: &str = "silver";
+    let location = &cfg.layer.table;
+    let whole = || Ok(vec![batch.clone()]);
+    let limit = cfg.max_changes_per_merge;
+    let ([key], true) = (&cfg.keys[..], batch.num_rows() > limit) else {
+        return whole();
+    };
+    let Some(keys) = batch.column_by_name(key) else {
+        return whole();
+    };
+    let files = silver
+        .snapshot()
+        .and_then(|s| s.add_actions_table(true))
+        .map_err(delta_err(STAGE, location))?;
+    let (Some(min), Some(max)) = (
+        files.column_by_name(&format!("min.{key}")),
+        files.column_by_name(&format!("max.{key}")),
+    ) else {
+        return whole();
+    };
+    if min.null_count() > 0 || max.null_count() > 0 {
+        return whole();
+    }
+    let arrow_err = |e: arrow::error::ArrowError| stage_err(STAGE, e);
+    let converter = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(
+        keys.data_type().clone(),
+    )])
+    .map_err(arrow_err)?;
+    let as_rows = |values: &arrow::array::ArrayRef| {
+        let values = arrow::compute::cast(values, keys.data_type()).map_err(arrow_err)?;
+        converter.convert_columns(&[values]).map_err(arrow_err)
+    };
+    let (min, max) = (as_rows(min)?, as_rows(max)?);
+    let mut ranges: Vec<_> = (0..files.num_rows()).map(|i| (min.row(i), max.row(i))).collect();
+    ranges.sort();
+    // Where each joined range after the first begins.
+    let mut cuts = Vec::new();
+    let mut reach = None;
+    for (start, end) in ranges {
+        if reach.is_some_and(|r| start > r) {
+            cuts.push(start);
+        }
+        reach = Some(reach.map_or(end, |r: arrow::row::Row<'_>| r.max(end)));
+    }
+    let order = arrow::compute::sort_to_indices(keys, None, None).map_err(arrow_err)?;
+    let sorted = arrow::compute::take_record_batch(batch, &order).map_err(arrow_err)?;
+    let sorted_keys = as_rows(&arrow::compute::take(keys, &order, None).map_err(arrow_err)?)?;
+    let sorted_keys: Vec<_> = sorted_keys.iter().collect();
+    let mut ends: Vec<usize> = cuts
+        .iter()
+        .map(|cut| sorted_keys.partition_point(|k| k < cut))
+        .collect();
+    ends.push(sorted.num_rows());
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut previous_end = 0;
+    for end in ends {
+        if end - start > limit && previous_end > start {
+            chunks.push(sorted.slice(start, previous_end - start));
+            start = previous_end;
+        }
+        previous_end = end;
+    }
+    chunks.push(sorted.slice(start, sorted.num_rows() - start));
+    Ok(chunks)
 }
 
 /// SCD type 2: each change newer than the key's latest stored version becomes a version of its
@@ -611,14 +709,20 @@ async fn tombstone_rows(
     };
     let keys = columns_sql(&cfg.keys, q, ", ");
     let newest_first = columns_sql(&cfg.sequence_by, |c| format!("{} DESC", q(c)), ", ");
-    // A key's latest change decides its tombstone (SCD type 2 batches hold several per key).
-    let sql = format!(
-        "SELECT {columns}, {DELETE_FLAG}, {TRUNCATE_FLAG} FROM \
-           (SELECT {columns}, {is_delete} AS {DELETE_FLAG}, {truncate} AS {TRUNCATE_FLAG}, \
-                   ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {newest_first}) AS __rank \
-            FROM rows) \
-         WHERE __rank = 1"
-    );
+    // A key's latest change decides its tombstone: SCD type 2 batches hold several per key,
+    // type 1 batches one (and sorting a large batch for nothing costs seconds).
+    let sql = match cfg.scd_type {
+        ScdType::One => format!(
+            "SELECT {columns}, {is_delete} AS {DELETE_FLAG}, {truncate} AS {TRUNCATE_FLAG} FROM rows"
+        ),
+        ScdType::Two => format!(
+            "SELECT {columns}, {DELETE_FLAG}, {TRUNCATE_FLAG} FROM \
+               (SELECT {columns}, {is_delete} AS {DELETE_FLAG}, {truncate} AS {TRUNCATE_FLAG}, \
+                       ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {newest_first}) AS __rank \
+                FROM rows) \
+             WHERE __rank = 1"
+        ),
+    };
     sql_batch(&ctx, &sql).await
 }
 
@@ -762,6 +866,13 @@ async fn merge_keyed(
     const STAGE: &str = "silver";
     let before_version = silver.version();
     let schema = changes.schema();
+    // Only columns where some change carries the placeholder need the CASE that keeps the stored
+    // value; evaluating it for every column of every row costs a fair share of a large MERGE.
+    let changes_with_placeholders: Vec<String> = target_columns
+        .iter()
+        .filter(|c| has_placeholder(&changes, c))
+        .cloned()
+        .collect();
     let ctx = SessionContext::new();
     let source = ctx.read_batch(changes).map_err(|e| stage_err(STAGE, e))?;
     let newer = sequence_newer(&cfg.sequence_by, "source", "target");
@@ -791,9 +902,14 @@ async fn merge_keyed(
     };
     // An update's value of a column: an unchanged TOASTed value keeps the stored one, and with
     // `ignore_null_updates` so does a null.
+    let carries_placeholder = |c: &str| {
+        changes_with_placeholders
+            .iter()
+            .any(|p| p.as_str() == c)
+    };
     let updated = |c: &str| {
         let mut value = format!("source.{}", q(c));
-        if is_text(c) {
+        if carries_placeholder(c) {
             value = format!(
                 "CASE WHEN {value} = '{UNAVAILABLE_VALUE}' THEN target.{0} ELSE {value} END",
                 q(c)
@@ -847,6 +963,10 @@ async fn merge_keyed(
         inserted = metrics.num_target_rows_inserted,
         updated = metrics.num_target_rows_updated,
         deleted = metrics.num_target_rows_deleted,
+        copied = metrics.num_target_rows_copied,
+        files_scanned = metrics.num_target_files_scanned,
+        files_skipped = metrics.num_target_files_skipped_during_scan,
+        ms = metrics.execution_time_ms,
         version = ?table.version(),
         "silver merge"
     );
@@ -855,6 +975,22 @@ async fn merge_keyed(
 
 /// `(newer.a, newer.b) > (older.a, older.b)` written out, so a repeated or older event never
 /// overwrites a newer one.
+/// Whether text column `column` of `batch` holds Debezium's unchanged-TOAST placeholder.
+fn has_placeholder(batch: &RecordBatch, column: &str) -> bool {
+    let Some(values) = batch.column_by_name(column) else {
+        return false;
+    };
+    use arrow::array::{LargeStringArray, StringArray, StringViewArray};
+    use arrow::compute::kernels::cmp::eq;
+    let found = match values.data_type() {
+        DataType::Utf8 => eq(values, &StringArray::new_scalar(UNAVAILABLE_VALUE)),
+        DataType::LargeUtf8 => eq(values, &LargeStringArray::new_scalar(UNAVAILABLE_VALUE)),
+        DataType::Utf8View => eq(values, &StringViewArray::new_scalar(UNAVAILABLE_VALUE)),
+        _ => return false,
+    };
+    found.is_ok_and(|found| found.true_count() > 0)
+}
+
 fn sequence_newer(columns: &[String], newer: &str, older: &str) -> String {
     let mut clauses = Vec::new();
     for (i, c) in columns.iter().enumerate() {

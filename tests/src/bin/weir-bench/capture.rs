@@ -238,7 +238,7 @@ async fn snapshot_run(
     Ok((report.snapshot_rows, secs, peak_rss_kib()?))
 }
 
-fn peak_rss_kib() -> Result<u64> {
+pub fn peak_rss_kib() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()

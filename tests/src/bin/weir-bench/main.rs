@@ -3,10 +3,15 @@
 //!
 //! - `weir-bench capture`: capture next to `pg_recvlogical`, the snapshot next to `COPY … TO STDOUT`;
 //! - `weir-bench transforms`: the bronze-cleanup component in the Wasm sandbox next to the same Rust
-//!   function called natively.
+//!   function called natively;
+//! - `weir-bench merge`: silver's APPLY CHANGES of 1,000,000 changes into 5,000,000 rows next to one
+//!   plain `deltalake` MERGE.
 
 mod capture;
+mod merge;
 mod transforms;
+
+use std::path::Path;
 
 use anyhow::{Result, bail};
 
@@ -15,9 +20,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc; // as the weir binary
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    match std::env::args().nth(1).as_deref().unwrap_or("capture") {
+    // weir's own logs, on standard error, as `RUST_LOG` asks (none by default).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map_or("capture", String::as_str) {
         "capture" => capture::run().await,
         "transforms" => transforms::run(),
-        other => bail!("unknown benchmark {other:?}: usage: weir-bench capture|transforms"),
+        "merge" => merge::run().await,
+        "merge-contender" if args.len() == 4 => {
+            merge::contender_main(&args[1], Path::new(&args[2]), Path::new(&args[3])).await
+        }
+        other => bail!("unknown benchmark {other:?}: usage: weir-bench capture|transforms|merge"),
     }
 }

@@ -23,7 +23,7 @@ const EMPTY_CALLS: u32 = 1_000;
 
 pub fn run() -> Result<()> {
     println!("building {ROWS} landing rows in batches of {BATCH_ROWS}…");
-    let batches = landing_batches()?;
+    let batches = landing_batches(ROWS)?;
     let component =
         repo_root().join("guest-examples/target/wasm32-wasip2/release/bronze_cleanup.wasm");
 
@@ -132,12 +132,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The landing batches: Debezium events flattened and batched by weir's landing stage.
-fn landing_batches() -> Result<Vec<RecordBatch>> {
+/// `rows` landing rows in batches of [`BATCH_ROWS`]: Debezium events flattened and batched by weir's
+/// landing stage.
+pub fn landing_batches(count: usize) -> Result<Vec<RecordBatch>> {
     let products = sample_rows(&repo_root().join("pipelines/onlineshop/onlineshop-sample.csv"))?;
     let mut batches = Vec::new();
     let mut rows = Vec::with_capacity(BATCH_ROWS);
-    for i in 0..ROWS {
+    for i in 0..count {
         let id = i as i64 + 1;
         let product = &products[i % products.len()];
         let after = || {

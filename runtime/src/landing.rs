@@ -92,6 +92,9 @@ pub struct LandingReport {
     pub files: usize,
     pub events: usize,
     pub tombstones: usize,
+    /// Bytes of the events' JSON read, and of the Parquet files written.
+    pub event_bytes: usize,
+    pub file_bytes: usize,
 }
 
 /// A parsed landing file name.
@@ -486,10 +489,13 @@ async fn flush(
                 "{}-{:020}-{:020}.parquet",
                 buffer.partition, buffer.first_offset, buffer.last_offset
             ));
+        let file_bytes = bytes.len();
         storage::put(store, &path, bytes).await?;
         tracing::info!(file = %path, rows = buffer.rows.len(), "landed change file");
         report.files += 1;
         report.events += buffer.rows.len();
+        report.event_bytes += buffer.bytes;
+        report.file_bytes += file_bytes;
         commit_to = Some(commit_to.map_or(buffer.last_offset, |t| t.max(buffer.last_offset)));
     }
     if let Some(last) = commit_to {

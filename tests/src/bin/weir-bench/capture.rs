@@ -1,5 +1,6 @@
-//! Capture throughput next to `pg_recvlogical`, and snapshot throughput next
-//! to `COPY … TO STDOUT`, on the same data in one run (see `scripts/bench`).
+//! Capture throughput next to `pg_recvlogical`, landing throughput next to a consumer that only
+//! reads the topic, and snapshot throughput next to `COPY … TO STDOUT`, on the same data in one run
+//! (see `scripts/bench`).
 //!
 //! The workload is 1,000,000 changes in 1,000-row transactions: 600,000 inserts, 300,000 updates
 //! and 100,000 deletes of onlineshop-like rows. `pg_recvlogical` reads them through pgoutput into
@@ -30,6 +31,10 @@ pub async fn run() -> Result<()> {
         text.replace(
             "table_include_list = [\"public\\\\.onlineshop\"]",
             "table_include_list = [\"bench\\\\.onlineshop\"]\nsnapshot_mode = \"never\"",
+        )
+        .replace(
+            "source_table = \"public.onlineshop\"",
+            "source_table = \"bench.onlineshop\"",
         )
     })?;
     let stop = CancellationToken::new();
@@ -140,6 +145,20 @@ pub async fn run() -> Result<()> {
         bail!("snapshot sent {snapshot_rows} rows of {rows}");
     }
 
+    // Landing (after the snapshots, whose peak RSS it would raise): the topic's events into
+    // Parquet change files, next to a consumer that only reads them.
+    let started = Instant::now();
+    let landing = weir::landing::run(&pipeline, true, &stop).await?;
+    let landing_secs = started.elapsed().as_secs_f64();
+    if landing.events != report.changes as usize {
+        bail!("landing wrote {} events of {}", landing.events, report.changes);
+    }
+    let records = landing.events + landing.tombstones;
+    let topic = pipeline.topic_for(&pipeline.bronze.source_table);
+    let started = Instant::now();
+    let read_bytes = read_only(&t.services.kafka, &topic, records)?;
+    let read_secs = started.elapsed().as_secs_f64();
+
     let recvlogical_rate = expected / recvlogical_secs;
     let weir_rate = changes / weir_secs;
     let copy_rate = rows as f64 / copy_secs;
@@ -176,6 +195,29 @@ pub async fn run() -> Result<()> {
     println!(
         "  peak RSS snapshotting {small_rows} rows instead  {} MiB (memory does not follow table size)",
         small_peak_kib / 1024
+    );
+    let mb = |bytes: usize, secs: f64| bytes as f64 / 1e6 / secs;
+    println!(
+        "landing of the topic's {records} records ({} events, {} tombstones; {} MB of JSON)",
+        landing.events,
+        landing.tombstones,
+        landing.event_bytes / 1_000_000
+    );
+    println!(
+        "  a consumer that only reads them             {read_secs:7.2} s  {:>10.0} records/s  {:6.1} MB/s",
+        records as f64 / read_secs,
+        mb(read_bytes, read_secs)
+    );
+    println!(
+        "  weir landing (→ {} Parquet files, {} MB)     {landing_secs:7.2} s  {:>10.0} events/s   {:6.1} MB/s",
+        landing.files,
+        landing.file_bytes / 1_000_000,
+        landing.events as f64 / landing_secs,
+        mb(landing.event_bytes, landing_secs)
+    );
+    println!(
+        "  ratio weir / read only                      {:.2} (the pass includes its 0.5 s idle check at the end)",
+        read_secs / landing_secs
     );
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
     println!(
@@ -245,4 +287,31 @@ pub fn peak_rss_kib() -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmHWM in /proc/self/status")
+}
+
+/// Reads `records` records of `topic` from the start with a plain consumer, doing nothing with
+/// them: the floor under landing's cost. Returns the bytes of their values.
+fn read_only(kafka: &str, topic: &str, records: usize) -> Result<usize> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", format!("weir-bench-read-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    let (mut read, mut bytes) = (0, 0);
+    while read < records {
+        if Instant::now() > deadline {
+            bail!("reading {topic}: {read} records of {records} after 10 minutes");
+        }
+        if let Some(message) = consumer.poll(std::time::Duration::from_millis(500)) {
+            bytes += message?.payload().map_or(0, <[u8]>::len);
+            read += 1;
+        }
+    }
+    Ok(bytes)
 }

@@ -12,6 +12,9 @@ PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 # Azurite emulates Azure Blob Storage (the reference design's ADLS Gen2 `landing-zone`) for tests.
 AZURITE_VERSION="3.35.0"
 AZURITE_DIR="$WEIR_CACHE/tools/azurite-$AZURITE_VERSION"
+# moto emulates S3 for the functional S3 tests (its conditional writes are not race-proof, see README).
+MOTO_VERSION="5.2.5"
+MOTO_DIR="$WEIR_CACHE/tools/moto-$MOTO_VERSION"
 # Another engine's reader of the Delta tables (delta-rs's Python release and pyarrow), for tests.
 DELTA_READERS="$WEIR_CACHE/tools/delta-readers-py-deltalake-1.6.6"
 export WEIR_DELTA_PYTHON="$DELTA_READERS/bin/python"

@@ -37,6 +37,10 @@ enum Command {
         /// Process everything committed so far through every stage, then exit (like a DLT triggered update).
         #[arg(long)]
         triggered: bool,
+        /// The stages this process runs (default: all). Several processes can share a pipeline,
+        /// e.g. one with `capture,landing` and others with `layers`.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::pipeline::Stage::ALL)]
+        stages: Vec<crate::pipeline::Stage>,
     },
     /// Check a pipeline file and the components it names, without touching any service.
     Validate {
@@ -98,13 +102,17 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { file, triggered } => {
+        Command::Run {
+            file,
+            triggered,
+            stages,
+        } => {
             let pipeline = Pipeline::load(&file)?;
             let stop = crate::pipeline::stop_on_signals();
             let report = if triggered {
-                crate::pipeline::run_triggered(&pipeline).await?
+                crate::pipeline::run_stages_triggered(&pipeline, &stages).await?
             } else {
-                crate::pipeline::run_continuous(&pipeline, stop).await?
+                crate::pipeline::run_continuous(&pipeline, &stages, stop).await?
             };
             println!("{report}");
             Ok(())

@@ -33,6 +33,22 @@ pub enum PipelineError {
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
 
+/// The parts of a pipeline a process runs. One process runs them all by default; several can
+/// share the work, e.g. one capturing and landing, others running the layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// Logical replication into Kafka.
+    Capture,
+    /// Kafka into landing files.
+    Landing,
+    /// Bronze, silver and gold.
+    Layers,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Capture, Stage::Landing, Stage::Layers];
+}
+
 /// What a run did, stage by stage.
 #[derive(Debug, Default)]
 pub struct RunReport {
@@ -95,59 +111,79 @@ pub async fn rebuild(pipeline: &Pipeline, layer: &str) -> Result<Vec<(String, La
 
 /// Processes everything committed so far through every stage, then returns.
 pub async fn run_triggered(pipeline: &Pipeline) -> Result<RunReport> {
-    let host = WasmHost::new(pipeline.wasm)?;
-    let mut layers = Layers::load(&host, pipeline)?;
-    let never = CancellationToken::new();
-    let capture = source::run(pipeline, true, &never).await?;
-    tracing::info!(
-        changes = capture.changes,
-        snapshot_rows = capture.snapshot_rows,
-        "capture caught up"
-    );
-    let landing = landing::run(pipeline, true, &never).await?;
-    tracing::info!(
-        events = landing.events,
-        files = landing.files,
-        "landing caught up"
-    );
-    let layer_reports = layers.run_once(pipeline).await?;
-    Ok(RunReport {
-        capture,
-        landing,
-        layers: layer_reports,
-    })
+    run_stages_triggered(pipeline, &Stage::ALL).await
 }
 
-/// Runs until `stop` is cancelled, then drains the lakehouse stages and returns.
-pub async fn run_continuous(pipeline: &Pipeline, stop: CancellationToken) -> Result<RunReport> {
+/// Processes everything committed so far through `stages`, in pipeline order, then returns.
+pub async fn run_stages_triggered(pipeline: &Pipeline, stages: &[Stage]) -> Result<RunReport> {
     let host = WasmHost::new(pipeline.wasm)?;
-    let mut layers = Layers::load(&host, pipeline)?;
-    let capture = {
+    let mut layers = match stages.contains(&Stage::Layers) {
+        true => Some(Layers::load(&host, pipeline)?),
+        false => None,
+    };
+    let never = CancellationToken::new();
+    let mut report = RunReport::default();
+    if stages.contains(&Stage::Capture) {
+        report.capture = source::run(pipeline, true, &never).await?;
+        tracing::info!(
+            changes = report.capture.changes,
+            snapshot_rows = report.capture.snapshot_rows,
+            "capture caught up"
+        );
+    }
+    if stages.contains(&Stage::Landing) {
+        report.landing = landing::run(pipeline, true, &never).await?;
+        tracing::info!(
+            events = report.landing.events,
+            files = report.landing.files,
+            "landing caught up"
+        );
+    }
+    if let Some(layers) = &mut layers {
+        report.layers = layers.run_once(pipeline).await?;
+    }
+    Ok(report)
+}
+
+/// Runs `stages` until `stop` is cancelled, then drains the lakehouse stages and returns.
+pub async fn run_continuous(
+    pipeline: &Pipeline,
+    stages: &[Stage],
+    stop: CancellationToken,
+) -> Result<RunReport> {
+    let host = WasmHost::new(pipeline.wasm)?;
+    let mut layers = match stages.contains(&Stage::Layers) {
+        true => Some(Layers::load(&host, pipeline)?),
+        false => None,
+    };
+    let capture = stages.contains(&Stage::Capture).then(|| {
         let (p, s) = (pipeline.clone(), stop.clone());
         tokio::spawn(async move { source::run(&p, false, &s).await })
-    };
-    let landing_task = {
+    });
+    let landing_task = stages.contains(&Stage::Landing).then(|| {
         let (p, s) = (pipeline.clone(), stop.clone());
         tokio::spawn(async move { landing::run(&p, false, &s).await })
-    };
+    });
     let mut totals: Vec<(String, LayerReport)> = Vec::new();
     let maintenance_every = Duration::from_secs(pipeline.maintenance.interval_s);
     let mut maintained = std::time::Instant::now();
     loop {
-        let stopping = stop.is_cancelled() || capture.is_finished() || landing_task.is_finished();
-        for (name, r) in layers.run_once(pipeline).await? {
-            match totals.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, total)) => total.add(&r),
-                None => totals.push((name, r)),
+        let stopping = stop.is_cancelled() || finished(&capture) || finished(&landing_task);
+        if let Some(layers) = &mut layers {
+            for (name, r) in layers.run_once(pipeline).await? {
+                match totals.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, total)) => total.add(&r),
+                    None => totals.push((name, r)),
+                }
+            }
+            // Between passes, so compaction never races this process's writers.
+            if !stopping && !maintenance_every.is_zero() && maintained.elapsed() >= maintenance_every {
+                lakehouse::maintain(pipeline, &pipeline.maintenance).await?;
+                maintained = std::time::Instant::now();
             }
         }
         if stopping {
             break;
-        }
-        // Between passes, so compaction never races this process's writers.
-        if !maintenance_every.is_zero() && maintained.elapsed() >= maintenance_every {
-            lakehouse::maintain(pipeline, &pipeline.maintenance).await?;
-            maintained = std::time::Instant::now();
         }
         tokio::select! {
             () = stop.cancelled() => {}
@@ -161,13 +197,21 @@ pub async fn run_continuous(pipeline: &Pipeline, stop: CancellationToken) -> Res
             message: e.to_string(),
         }
     };
-    let capture = capture.await.map_err(join("capture"))??;
-    let landing = landing_task.await.map_err(join("landing"))??;
-    Ok(RunReport {
-        capture,
-        landing,
+    let mut report = RunReport {
         layers: totals,
-    })
+        ..RunReport::default()
+    };
+    if let Some(capture) = capture {
+        report.capture = capture.await.map_err(join("capture"))??;
+    }
+    if let Some(landing_task) = landing_task {
+        report.landing = landing_task.await.map_err(join("landing"))??;
+    }
+    Ok(report)
+}
+
+fn finished<T>(task: &Option<tokio::task::JoinHandle<T>>) -> bool {
+    task.as_ref().is_some_and(tokio::task::JoinHandle::is_finished)
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM; a second signal exits at once.

@@ -18,7 +18,19 @@ async fn the_pipeline_runs_on_azure_blob_storage() -> Result<()> {
         ("AZURE_STORAGE_USE_EMULATOR", "true"),
         ("AZURITE_BLOB_STORAGE_URL", blob_url.as_str()),
     ];
-    the_pipeline_runs_on("azure", "az://weir", &emulator).await
+    the_pipeline_runs_on("azure", "az://weir", &emulator, 1).await
+}
+
+/// Three processes run the layers at once on the same tables, beside a fourth compacting them:
+/// Azure's conditional writes let exactly one commit each table version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_writers_share_the_tables_on_azure_blob_storage() -> Result<()> {
+    let blob_url = service("WEIR_AZURITE_BLOB_URL")?;
+    let emulator = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true"),
+        ("AZURITE_BLOB_STORAGE_URL", blob_url.as_str()),
+    ];
+    the_pipeline_runs_on("azure_writers", "az://weir", &emulator, 3).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,12 +43,19 @@ async fn the_pipeline_runs_on_s3() -> Result<()> {
         ("AWS_SECRET_ACCESS_KEY", "weir"),
         ("AWS_REGION", "us-east-1"),
     ];
-    the_pipeline_runs_on("s3", "s3://weir", &emulator).await
+    the_pipeline_runs_on("s3", "s3://weir", &emulator, 1).await
 }
 
 /// Runs the pipeline twice (the sample, then updates and deletes) with every location under
-/// `root`, then checks silver and gold against PostgreSQL through `weir query`.
-async fn the_pipeline_runs_on(test: &str, root: &str, env: &[(&str, &str)]) -> Result<()> {
+/// `root`, then checks silver and gold against PostgreSQL through `weir query`. With several
+/// `writers`, one process captures and lands, then that many run the layers at once beside one
+/// running `weir maintain`.
+async fn the_pipeline_runs_on(
+    test: &str,
+    root: &str,
+    env: &[(&str, &str)],
+    writers: usize,
+) -> Result<()> {
     let weir = |args: Vec<String>| async move {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         weir_ok(&args, env).await
@@ -48,14 +67,30 @@ async fn the_pipeline_runs_on(test: &str, root: &str, env: &[(&str, &str)]) -> R
     t.pipeline_with(|text| text.replace(&local_lake, &remote_lake))?;
     let file = t.pipeline_path().display().to_string();
 
-    let run = || vec!["run".to_owned(), file.clone(), "--triggered".to_owned()];
-    weir(run()).await?;
+    let run = |stages: &str| {
+        let mut args = vec!["run".to_owned(), file.clone(), "--triggered".to_owned()];
+        args.extend(["--stages".to_owned(), stages.to_owned()]);
+        args
+    };
+    let run_all = || async {
+        if writers == 1 {
+            return weir(run("capture,landing,layers")).await.map(drop);
+        }
+        weir(run("capture,landing")).await?;
+        let mut racers: Vec<_> = (0..writers).map(|_| weir(run("layers"))).collect();
+        racers.push(weir(vec!["maintain".to_owned(), file.clone()]));
+        for outcome in futures::future::join_all(racers).await {
+            outcome?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    run_all().await?;
     t.db.batch_execute(
         "UPDATE onlineshop SET quantity = quantity + 2 WHERE id % 6 = 0;
          DELETE FROM onlineshop WHERE id % 10 = 0;",
     )
     .await?;
-    weir(run()).await?;
+    run_all().await?;
 
     // Silver and gold, summed, equal the same sums over the source.
     let expected = pg_rows(

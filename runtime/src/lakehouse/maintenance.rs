@@ -1,5 +1,6 @@
 //! Table care: compaction of small files, then vacuum, for every table a pipeline writes. It runs
-//! between passes of the layers (or on demand), so no writer of the same process races it; a
+//! between passes of the layers (or on demand), so no writer of the same process races it; other
+//! processes' writers may, and a compaction that loses to one is left for the next time. A
 //! compaction commit changes no data (`dataChange = false`), so the change feeds the next layers
 //! read are untouched. Checkpoints need no schedule: every table is created with
 //! `delta.checkpointInterval`, and the writer checkpoints as it commits.
@@ -67,10 +68,18 @@ pub async fn maintain(
         if table.version().is_none() {
             continue;
         }
-        let (table, compacted) = table
+        let compacted = table
             .optimize()
             .await
-            .map_err(delta_err(&stage, &location))?;
+            .map_err(delta_err(&stage, &location));
+        let (table, compacted) = match compacted {
+            // A writer changed the files being compacted: they are compacted next time.
+            Err(e) if e.is_commit_conflict() => {
+                tracing::info!(table = %location, error = %e, "compaction lost a commit race; left for next time");
+                continue;
+            }
+            other => other?,
+        };
         let retention = i64::try_from(config.vacuum_retention_hours)
             .ok()
             .and_then(Duration::try_hours)

@@ -77,6 +77,49 @@ pub enum LakehouseError {
 
 pub type Result<T, E = LakehouseError> = std::result::Result<T, E>;
 
+impl LakehouseError {
+    /// Whether another writer committed to the table first (Delta's optimistic concurrency): the
+    /// pass can run again on the new version, where its progress record tells what is left.
+    pub fn is_commit_conflict(&self) -> bool {
+        use deltalake::kernel::transaction::TransactionError;
+        matches!(
+            self,
+            Self::Delta {
+                source: DeltaTableError::VersionAlreadyExists(_)
+                    | DeltaTableError::Transaction {
+                        source: TransactionError::VersionAlreadyExists(_)
+                            | TransactionError::CommitConflict(_)
+                            | TransactionError::MaxCommitAttempts(_)
+                    },
+                ..
+            }
+        )
+    }
+}
+
+/// Passes a layer runs again after losing a commit race before giving up.
+const CONFLICT_RETRIES: u32 = 20;
+
+/// Runs a layer's pass, again while it loses commit races to other writers. Each pass reads its
+/// progress from the table's transaction records, so a pass run again does only what is left.
+macro_rules! retrying_conflicts {
+    ($stage:expr, $pass:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $pass.await {
+                Err(e) if e.is_commit_conflict() && attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::info!(stage = %$stage, attempt, error = %e, "another writer committed first; running the pass again");
+                    // Spread the racers out a little, differently in each process.
+                    let jitter = u64::from(std::process::id() % 7 + attempt) * 20;
+                    tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
 /// Rows per Delta commit (and so per component call) in the bronze and silver stages.
 const ROWS_PER_COMMIT: usize = 100_000;
 /// Change-feed columns deltalake adds to `scan_cdf` output.
@@ -182,14 +225,14 @@ impl Layers {
 
     /// One pass of bronze, silver and every gold table over whatever input is new.
     pub async fn run_once(&mut self, pipeline: &Pipeline) -> Result<Vec<(String, LayerReport)>> {
-        let mut bronze = bronze_pass(pipeline, &mut self.bronze).await?;
+        let mut bronze = retrying_conflicts!("bronze", bronze_pass(pipeline, &mut self.bronze))?;
         bronze.counters = self.bronze.take_counters();
         let mut out = vec![("bronze".to_owned(), bronze)];
-        let mut silver = silver_pass(pipeline, &mut self.silver).await?;
+        let mut silver = retrying_conflicts!("silver", silver_pass(pipeline, &mut self.silver))?;
         silver.counters = self.silver.take_counters();
         out.push(("silver".to_owned(), silver));
         for (name, transform) in &mut self.gold {
-            let mut gold = gold_pass(pipeline, name, transform).await?;
+            let mut gold = retrying_conflicts!(name, gold_pass(pipeline, name, transform))?;
             gold.counters = transform.take_counters();
             out.push((format!("gold.{name}"), gold));
         }

@@ -193,6 +193,9 @@ pub struct SilverConfig {
     /// `STORED AS SCD TYPE 1` (the latest row per key) or `2` (every version, with `__START_AT`
     /// and `__END_AT`).
     pub scd_type: ScdType,
+    /// SCD type 2: the columns whose changes start a new version (`TRACK HISTORY ON`); a change
+    /// of other columns only updates the current version in place.
+    pub track_history: ColumnSelection,
     /// Changes one MERGE applies at most (more are split along the table's files), which bounds
     /// a pass's memory whatever the table's size.
     pub max_changes_per_merge: usize,
@@ -448,6 +451,8 @@ struct RawSilver {
     expectations: Vec<Expectation>,
     quarantine_table: Option<Spanned<String>>,
     stored_as_scd_type: Option<Spanned<u8>>,
+    track_history_column_list: Option<Spanned<Vec<String>>>,
+    track_history_except_column_list: Option<Spanned<Vec<String>>>,
     #[serde(default = "default_max_changes_per_merge")]
     max_changes_per_merge: usize,
 }
@@ -643,6 +648,27 @@ impl Pipeline {
                 }
             },
         };
+        let track_history = match (
+            raw.silver.track_history_column_list,
+            raw.silver.track_history_except_column_list,
+        ) {
+            (Some(list), _) | (None, Some(list)) if silver_scd_type != ScdType::Two => {
+                return Err(ctx.invalid(
+                    &list,
+                    "silver.track_history_column_list",
+                    "history is tracked with stored_as_scd_type = 2 only, as in DLT",
+                ));
+            }
+            (Some(only), Some(_)) => {
+                return Err(ctx.invalid(
+                    &only,
+                    "silver.track_history_column_list",
+                    "set track_history_column_list or track_history_except_column_list, not both",
+                ));
+            }
+            (Some(only), None) => ColumnSelection::Only(only.into_inner()),
+            (None, except) => ColumnSelection::AllExcept(except.map(Spanned::into_inner).unwrap_or_default()),
+        };
         let mut gold = BTreeMap::new();
         for (gold_name, g) in raw.gold {
             let key = format!("gold.{gold_name}");
@@ -737,6 +763,7 @@ impl Pipeline {
                 ignore_null_updates: raw.silver.ignore_null_updates,
                 expectations: raw.silver.expectations,
                 scd_type: silver_scd_type,
+                track_history,
                 max_changes_per_merge: raw.silver.max_changes_per_merge.max(1),
                 quarantine_table: match &raw.silver.quarantine_table {
                     Some(q) => Some(ctx.location(q, "silver.quarantine_table")?),
@@ -1059,6 +1086,32 @@ count_column = "order_lines"
         );
         let err = parse(&truncating).expect_err("SCD 2 truncates").to_string();
         assert!(err.contains("SCD type 1 only"), "{err}");
+    }
+
+    #[test]
+    fn history_is_tracked_on_chosen_columns_of_scd_type_2_only() {
+        let two = MINIMAL.replace("keys = [\"id\"]", "keys = [\"id\"]\nstored_as_scd_type = 2");
+        assert_eq!(
+            parse(&two).expect("valid file").silver.track_history,
+            ColumnSelection::AllExcept(Vec::new())
+        );
+        let tracked = two.replace(
+            "stored_as_scd_type = 2",
+            "stored_as_scd_type = 2\ntrack_history_column_list = [\"price\"]",
+        );
+        assert_eq!(
+            parse(&tracked).expect("valid file").silver.track_history,
+            ColumnSelection::Only(vec!["price".into()])
+        );
+        let both = tracked.replace(
+            "track_history_column_list",
+            "track_history_except_column_list = [\"op_ts\"]\ntrack_history_column_list",
+        );
+        let err = parse(&both).expect_err("both lists").to_string();
+        assert!(err.contains("not both") && err.contains("line"), "{err}");
+        let type_one = tracked.replace("stored_as_scd_type = 2\n", "");
+        let err = parse(&type_one).expect_err("SCD 1").to_string();
+        assert!(err.contains("stored_as_scd_type = 2 only"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use deltalake::datafusion::logical_expr::lit;
 use deltalake::datafusion::scalar::ScalarValue;
 
 use super::*;
-use crate::config::{ScdType, SilverConfig};
+use crate::config::{ColumnSelection, ScdType, SilverConfig};
 
 pub(super) async fn silver_pass(
     pipeline: &Pipeline,
@@ -528,22 +528,94 @@ async fn merge_versions(
     };
     let start = q(&cfg.sequence_by[0]);
     let (start_at, end_at) = (q(START_AT), q(END_AT));
-    let window = format!("OVER (PARTITION BY {keys} ORDER BY {order})");
+    let by_key = format!("PARTITION BY {keys} ORDER BY {order}");
     let columns = target_columns
         .iter()
         .map(|c| q(c))
         .collect::<Vec<_>>()
         .join(", ");
+    // With `track_history_*`, a change whose tracked columns equal the key's previous state (the
+    // change before it, or the stored current version) starts no version: it folds into the
+    // current one. Runs of such changes behind a version's first change make one version, with
+    // the values of the run's last change.
+    let tracked: Vec<&String> = target_columns
+        .iter()
+        .filter(|c| {
+            cfg.track_history.keeps(c) && !cfg.keys.contains(c) && !cfg.sequence_by.contains(c)
+        })
+        .collect();
+    let tracking_all = cfg.track_history == ColumnSelection::AllExcept(Vec::new());
+    let all = |each: &dyn Fn(&str) -> String| {
+        tracked
+            .iter()
+            .map(|c| each(c))
+            .chain(std::iter::once("true".to_owned()))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let previous = |c: &str| format!("\"__previous_{c}\"");
+    let lags: String = tracked
+        .iter()
+        .map(|c| format!(", LAG({}) OVER ({by_key}) AS {}", q(c), previous(c)))
+        .collect();
+    let stored_current = silver.version().is_some() && !tracking_all;
+    let (current_join, same_as_stored) = match stored_current {
+        true => (
+            format!(
+                "LEFT JOIN (SELECT * FROM silver WHERE {end_at} IS NULL) cur ON {}",
+                columns_sql(&cfg.keys, |k| format!("l.{0} = cur.{0}", q(k)), " AND ")
+            ),
+            format!(
+                "cur.{} IS NOT NULL AND {}",
+                q(&cfg.keys[0]),
+                all(&|c| format!("(l.{0} IS NOT DISTINCT FROM cur.{0})", q(c)))
+            ),
+        ),
+        false => (String::new(), "false".to_owned()),
+    };
+    let same = match tracking_all {
+        true => "false".to_owned(),
+        false => format!(
+            "CASE WHEN l.__is_delete THEN false WHEN l.__position = 1 THEN {same_as_stored} \
+                  ELSE (NOT l.__previous_delete) AND {} END",
+            all(&|c| format!("(l.{} IS NOT DISTINCT FROM l.{})", q(c), previous(c)))
+        ),
+    };
+    let l_columns = target_columns
+        .iter()
+        .map(|c| format!("l.{}", q(c)))
+        .chain(
+            ["__is_delete", "__position", "__previous_delete"]
+                .iter()
+                .map(|c| format!("l.{c}")),
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
     let versions = sql_batch(
         &ctx,
         &format!(
-            "WITH v AS (SELECT *, {start} AS {start_at}, LEAD({start}) {window} AS {end_at}, \
-                               ROW_NUMBER() {window} AS __position, \
-                               COALESCE(({is_delete}), false) AS __is_delete \
-                        FROM {changes} AS c) \
-             SELECT {columns}, {start_at}, {end_at}, 'insert' AS __action FROM v WHERE NOT __is_delete \
+            "WITH c AS (SELECT *, COALESCE(({is_delete}), false) AS __is_delete FROM {changes} AS c0), \
+             l AS (SELECT *, ROW_NUMBER() OVER ({by_key}) AS __position, \
+                          LAG(__is_delete) OVER ({by_key}) AS __previous_delete{lags} FROM c), \
+             s AS (SELECT {l_columns}, {same} AS __same FROM l {current_join}), \
+             r AS (SELECT *, SUM(CASE WHEN __same THEN 0 ELSE 1 END) OVER ({by_key} \
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __run FROM s), \
+             v AS (SELECT *, \
+                          FIRST_VALUE({start}) OVER (PARTITION BY {keys}, __run ORDER BY {order}) AS __run_start, \
+                          FIRST_VALUE(__is_delete) OVER (PARTITION BY {keys}, __run ORDER BY {order}) AS __run_is_delete, \
+                          ROW_NUMBER() OVER (PARTITION BY {keys}, __run ORDER BY {newest_first}) AS __from_last \
+                   FROM r), \
+             runs AS (SELECT *, LEAD(__run_start) OVER (PARTITION BY {keys} ORDER BY __run) AS __next_start, \
+                             ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY __run) AS __run_position \
+                      FROM v WHERE __from_last = 1) \
+             SELECT {columns}, __run_start AS {start_at}, __next_start AS {end_at}, 'insert' AS __action, \
+                    false AS __fold \
+             FROM runs WHERE __run >= 1 AND NOT __run_is_delete \
              UNION ALL \
-             SELECT {columns}, {start_at}, {end_at}, 'close' AS __action FROM v WHERE __position = 1",
+             SELECT {columns}, __run_start AS {start_at}, \
+                    CASE WHEN __run = 0 THEN __next_start ELSE __run_start END AS {end_at}, \
+                    'current' AS __action, __run = 0 AS __fold \
+             FROM runs WHERE __run_position = 1",
             is_delete = cfg.apply_as_deletes,
         ),
     )
@@ -565,18 +637,34 @@ async fn merge_versions(
     };
     let before_version = silver.version();
     let source = ctx.read_batch(versions).map_err(err)?;
+    // The stored current version ends where the first new version starts, and takes the values
+    // of the changes folded into it.
+    let folded: Vec<&String> = target_columns
+        .iter()
+        .filter(|c| !tracked.contains(c) && !cfg.keys.contains(c))
+        .collect();
     let (table, metrics) = silver
         .merge(
             source,
             format!(
-                "{} AND target.{end_at} IS NULL AND source.__action = 'close'",
+                "{} AND target.{end_at} IS NULL AND source.__action = 'current'",
                 keys_match(&cfg.keys)
             ),
         )
         .with_source_alias("source")
         .with_target_alias("target")
         .with_commit_properties(commit_properties(txns.clone()))
-        .when_matched_update(|u| u.update(Column::from_name(END_AT), format!("source.{start_at}")))
+        .when_matched_update(|u| {
+            folded.iter().fold(
+                u.update(Column::from_name(END_AT), format!("source.{end_at}")),
+                |u, c| {
+                    u.update(
+                        Column::from_name(c.as_str()),
+                        format!("CASE WHEN source.__fold THEN source.{0} ELSE target.{0} END", q(c)),
+                    )
+                },
+            )
+        })
         .map_err(delta_err(STAGE, location))?
         .when_not_matched_insert(|i| {
             insert_from_source(i, "source.__action = 'insert'".into(), &stored)

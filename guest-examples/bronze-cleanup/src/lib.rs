@@ -10,7 +10,8 @@ mod parse;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
+    Int32Builder, Int64Builder, StringArray,
     StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
@@ -165,10 +166,62 @@ pub fn cleanup(batch: &RecordBatch) -> Result<RecordBatch> {
             .append_value(required(row, "kafka_offset", columns::get(&offset, row))?);
     }
 
-    let output = out.finish()?;
+    let output = with_added_columns(out.finish()?, batch, &op)?;
     host::count("truncates", truncates);
     host::count("rows", output.num_rows() as u64);
     Ok(output)
+}
+
+/// Columns of the source table this component was not written for (added to it later) pass
+/// through as they landed: from `after`, or from `before` for deletes. So a column added to the
+/// source reaches silver without a new component. A column with no value yet in this batch (all
+/// null, of no type) waits for a batch that has one.
+fn with_added_columns(
+    output: RecordBatch,
+    landing: &RecordBatch,
+    op: &StringArray,
+) -> Result<RecordBatch> {
+    let image_columns = |image: &str| -> Vec<String> {
+        landing
+            .column_by_name(image)
+            .and_then(|c| c.as_struct_opt())
+            .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
+            .unwrap_or_default()
+    };
+    let schema = output.schema();
+    let mut added = image_columns("after");
+    for name in image_columns("before") {
+        if !added.contains(&name) {
+            added.push(name);
+        }
+    }
+    added.retain(|name| schema.field_with_name(name).is_err());
+    if added.is_empty() {
+        return Ok(output);
+    }
+    let is_delete: BooleanArray = op.iter().map(|o| Some(o == Some("d"))).collect();
+    let is_not_delete = arrow::compute::not(&is_delete)?;
+    let typed = |a: Option<ArrayRef>| a.filter(|a| a.data_type() != &DataType::Null);
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns = output.columns().to_vec();
+    for name in added {
+        let after = typed(columns::find(landing, &["after", &name])?);
+        let before = typed(columns::find(landing, &["before", &name])?);
+        let values = match (after, before) {
+            (Some(a), Some(b)) if a.data_type() == b.data_type() => {
+                arrow::compute::kernels::zip::zip(&is_delete, &b, &a)?
+            }
+            (Some(a), _) => arrow::compute::nullif(&a, &is_delete)?,
+            (None, Some(b)) => arrow::compute::nullif(&b, &is_not_delete)?,
+            (None, None) => continue,
+        };
+        fields.push(Field::new(name, values.data_type().clone(), true));
+        columns.push(values);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// A credit note's number starts with `C`; a negative quantity returns goods. Unknown (SQL

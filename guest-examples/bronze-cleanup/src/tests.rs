@@ -728,3 +728,43 @@ fn configuration_accepts_nothing_but_an_empty_object() {
     assert!(BronzeCleanup::configure("").is_ok());
     assert!(BronzeCleanup::configure(r#"{"strict": true}"#).is_err());
 }
+
+/// `image` with one more field, as after an `ALTER TABLE … ADD COLUMN`.
+fn with_field(image: ArrayRef, name: &str, values: ArrayRef) -> ArrayRef {
+    let image = image.as_struct();
+    let mut fields: Vec<Field> = image.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(name, values.data_type().clone(), true));
+    let mut columns = image.columns().to_vec();
+    columns.push(values);
+    Arc::new(
+        StructArray::try_new(Fields::from(fields), columns, image.nulls().cloned())
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+#[test]
+fn columns_added_to_the_source_pass_through_from_after_or_before() -> Result<()> {
+    let sale = Some(Sale::typical(1));
+    let before = with_field(
+        images(&[None, sale, sale]),
+        "discount",
+        texts(&[None, Some("0.10"), Some("0.30")]),
+    );
+    let after = with_field(
+        images(&[sale, sale, None]),
+        "discount",
+        texts(&[Some("0.15"), Some("0.20"), None]),
+    );
+    let out = run(&landing(&["c", "u", "d"], before, after))?;
+    assert_eq!(
+        text_values(&out, "discount"),
+        [some("0.15"), some("0.20"), some("0.30")],
+        "inserts and updates take after's value, deletes before's"
+    );
+    // A column no row has a value for yet has no type: it waits for a batch with a value.
+    let untyped = with_field(images(&[sale]), "note", all_null(1));
+    let out = run(&inserts(untyped))?;
+    assert!(out.column_by_name("note").is_none());
+    assert_eq!(out.num_columns(), output_schema().fields().len());
+    Ok(())
+}

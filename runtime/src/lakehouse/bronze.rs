@@ -146,6 +146,11 @@ async fn commit_bronze(
         return Ok(table);
     }
     let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    // Files landed before and after a column was added to the source differ in columns.
+    let batches = with_all_columns(batches).map_err(|e| stage_err(STAGE, e))?;
+    if let Some(first) = batches.first() {
+        refuse_type_changes(location, &table, first, files)?;
+    }
     let table = match batches.first() {
         Some(first) if table.version().is_none() => {
             let columns: Vec<String> = first
@@ -162,6 +167,8 @@ async fn commit_bronze(
     let table = table
         .write(batches)
         .with_save_mode(SaveMode::Append)
+        // A column added to the source becomes a column of bronze (null in earlier rows).
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
         .with_partition_columns(pipeline.bronze.layer.partition_by.clone())
         .with_commit_properties(commit_properties(txns))
         .await
@@ -192,4 +199,96 @@ pub(super) fn with_ingestion_metadata(
             ),
         ],
     )
+}
+
+/// Gives every batch the columns of all of them (in order of first appearance; missing ones
+/// null), so that batches from before and after a schema change go into one commit.
+fn with_all_columns(batches: Vec<RecordBatch>) -> arrow::error::Result<Vec<RecordBatch>> {
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    if batches.iter().all(|b| b.schema() == first.schema()) {
+        return Ok(batches);
+    }
+    let mut fields: Vec<Field> = Vec::new();
+    for batch in &batches {
+        for field in batch.schema().fields() {
+            match fields.iter_mut().find(|f| f.name() == field.name()) {
+                Some(known) if known.data_type() != field.data_type() => {
+                    return Err(arrow::error::ArrowError::SchemaError(format!(
+                        "column `{}` is {} in some landing files and {} in others",
+                        field.name(),
+                        known.data_type(),
+                        field.data_type()
+                    )));
+                }
+                Some(known) => known.set_nullable(known.is_nullable() || field.is_nullable()),
+                None => fields.push(field.as_ref().clone()),
+            }
+        }
+    }
+    // A column some batches lack is null in their rows.
+    for field in &mut fields {
+        if batches.iter().any(|b| b.schema().field_with_name(field.name()).is_err()) {
+            field.set_nullable(true);
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    batches
+        .iter()
+        .map(|batch| {
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| match batch.column_by_name(f.name()) {
+                    Some(c) => c.clone(),
+                    None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+                })
+                .collect();
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect()
+}
+
+/// Fails, saying what changed and how to resume, when a column of `batch` has another type than
+/// the same column of bronze: a Delta table cannot change a column's type in place. Added and
+/// dropped columns are fine (schema merge); widenings the landing zone absorbs (int to bigint,
+/// varchar(n) to text) never show up here.
+fn refuse_type_changes(
+    location: &str,
+    table: &DeltaTable,
+    batch: &RecordBatch,
+    files: &[LandingFile],
+) -> Result<()> {
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+    let Ok(stored) = table.snapshot().map(|s| s.schema()) else {
+        return Ok(());
+    };
+    for field in batch.schema().fields() {
+        let Some(stored_field) = stored.field(field.name()) else {
+            continue;
+        };
+        let incoming: Result<deltalake::kernel::DataType, _> = field.data_type().try_into_kernel();
+        let Ok(incoming) = incoming else {
+            continue;
+        };
+        if &incoming != stored_field.data_type() {
+            let (first, last) = (files.first(), files.last());
+            return Err(stage_err(
+                "bronze",
+                format!(
+                    "column `{}` changed type from {} to {} in the landing files {} to {}; bronze \
+                     ({location}) cannot change a column's type in place. To resume, convert the \
+                     column in the bronze component, or stop weir and delete the bronze, silver \
+                     and gold tables, which the next run rebuilds from the landing zone",
+                    field.name(),
+                    stored_field.data_type(),
+                    incoming,
+                    first.map_or_else(String::new, |f| f.path.to_string()),
+                    last.map_or_else(String::new, |f| f.path.to_string()),
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

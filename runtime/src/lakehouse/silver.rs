@@ -639,9 +639,13 @@ async fn merge_versions(
     let source = ctx.read_batch(versions).map_err(err)?;
     // The stored current version ends where the first new version starts, and takes the values
     // of the changes folded into it.
+    let stored_columns: Vec<String> = silver
+        .snapshot()
+        .map(|s| s.schema().fields().map(|f| f.name().clone()).collect())
+        .unwrap_or_default();
     let folded: Vec<&String> = target_columns
         .iter()
-        .filter(|c| !tracked.contains(c) && !cfg.keys.contains(c))
+        .filter(|c| !tracked.contains(c) && !cfg.keys.contains(c) && stored_columns.contains(c))
         .collect();
     let (table, metrics) = silver
         .merge(
@@ -653,6 +657,7 @@ async fn merge_versions(
         )
         .with_source_alias("source")
         .with_target_alias("target")
+        .with_merge_schema(true)
         .with_commit_properties(commit_properties(txns.clone()))
         .when_matched_update(|u| {
             folded.iter().fold(
@@ -976,9 +981,16 @@ async fn merge_keyed(
             )
         })
     };
+    // Columns the source gained since silver was written: the MERGE adds them, and no stored
+    // value of theirs exists to keep.
+    let stored: Vec<String> = silver
+        .snapshot()
+        .map(|s| s.schema().fields().map(|f| f.name().clone()).collect())
+        .unwrap_or_default();
+    let is_stored = |c: &str| stored.iter().any(|s| s == c);
     let toasted_columns: Vec<&String> = target_columns
         .iter()
-        .filter(|c| is_text(c) && !cfg.keys.contains(c))
+        .filter(|c| is_text(c) && !cfg.keys.contains(c) && is_stored(c))
         .collect();
     let any_placeholder = match toasted_columns.is_empty() {
         true => "false".to_owned(),
@@ -997,29 +1009,39 @@ async fn merge_keyed(
     };
     let updated = |c: &str| {
         let mut value = format!("source.{}", q(c));
-        if carries_placeholder(c) {
+        if carries_placeholder(c) && is_stored(c) {
             value = format!(
                 "CASE WHEN {value} = '{UNAVAILABLE_VALUE}' THEN target.{0} ELSE {value} END",
                 q(c)
             );
         }
-        if cfg.ignore_null_updates && !cfg.keys.iter().any(|k| k == c) {
+        if cfg.ignore_null_updates && !cfg.keys.iter().any(|k| k == c) && is_stored(c) {
             value = format!("COALESCE({value}, target.{})", q(c));
         }
         value
     };
+    // Columns dropped from the source stay in silver, null in every row changed since.
+    let dropped: Vec<&String> = stored
+        .iter()
+        .filter(|c| !target_columns.contains(c) && cfg.columns.keeps(c))
+        .collect();
     let (table, metrics) = silver
         .merge(source, keys_match(&cfg.keys))
         .with_source_alias("source")
         .with_target_alias("target")
+        // A column added to the source becomes a column of silver (null in rows not changed since).
+        .with_merge_schema(true)
         .with_commit_properties(commit_properties(txns.clone()))
         .when_matched_delete(|d| d.predicate(format!("{is_delete} AND {newer}")))
         .map_err(delta_err(STAGE, location))?
         .when_matched_update(|u| {
-            target_columns.iter().fold(
+            let u = target_columns.iter().fold(
                 u.predicate(format!("NOT {is_delete} AND {newer}")),
                 |u, c| u.update(Column::from_name(c.as_str()), updated(c)),
-            )
+            );
+            dropped.iter().fold(u, |u, c| {
+                u.update(Column::from_name(c.as_str()), "NULL")
+            })
         })
         .map_err(delta_err(STAGE, location))?
         .when_matched_update(|u| {

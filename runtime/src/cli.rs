@@ -28,6 +28,15 @@ enum LogFormat {
     Json,
 }
 
+/// How `weir query` prints its result.
+#[derive(Clone, Copy, ValueEnum)]
+enum QueryFormat {
+    /// A table for people.
+    Table,
+    /// One JSON object per row (nulls included), for programs.
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline: continuously until SIGINT/SIGTERM, or once with --triggered.
@@ -74,6 +83,8 @@ enum Command {
         file: PathBuf,
         /// The query, e.g. "SELECT * FROM gold_sales_report ORDER BY total_sales_value DESC LIMIT 10".
         sql: String,
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
     },
 }
 
@@ -161,12 +172,23 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Query { file, sql } => {
+        Command::Query { file, sql, format } => {
             let pipeline = Pipeline::load(&file)?;
             let batches = crate::lakehouse::query(&pipeline, &sql)
                 .await
                 .with_context(|| format!("running `{sql}`"))?;
-            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+            match format {
+                QueryFormat::Table => {
+                    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+                }
+                QueryFormat::Json => {
+                    let mut writer = arrow::json::WriterBuilder::new()
+                        .with_explicit_nulls(true)
+                        .build::<_, arrow::json::writer::LineDelimited>(std::io::stdout().lock());
+                    writer.write_batches(&batches.iter().collect::<Vec<_>>())?;
+                    writer.finish()?;
+                }
+            }
             Ok(())
         }
     }

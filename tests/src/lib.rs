@@ -379,19 +379,102 @@ pub async fn pg_rows(db: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
         .collect())
 }
 
+/// An object store emulator started by `scripts/services`, as tests reach it.
+#[derive(Debug, Clone, Copy)]
+pub enum ObjectStore {
+    /// Azure Blob Storage (Azurite), `az://weir/…`.
+    Azure,
+    /// S3 (moto), `s3://weir/…`.
+    S3,
+}
+
+impl ObjectStore {
+    /// The URL of the tests' container or bucket.
+    pub fn root(self) -> &'static str {
+        match self {
+            Self::Azure => "az://weir",
+            Self::S3 => "s3://weir",
+        }
+    }
+
+    /// The environment a user would set for weir to reach the store: the emulator's settings.
+    pub fn env(self) -> Result<Vec<(&'static str, String)>> {
+        let service = |variable: &str| {
+            std::env::var(variable).with_context(|| {
+                format!("{variable} is unset: run under scripts/test (scripts/services up)")
+            })
+        };
+        Ok(match self {
+            Self::Azure => vec![
+                ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+                ("AZURITE_BLOB_STORAGE_URL", service("WEIR_AZURITE_BLOB_URL")?),
+            ],
+            Self::S3 => vec![
+                ("AWS_ENDPOINT_URL", service("WEIR_S3_ENDPOINT")?),
+                ("AWS_ALLOW_HTTP", "true".into()),
+                ("AWS_ACCESS_KEY_ID", "weir".into()),
+                ("AWS_SECRET_ACCESS_KEY", "weir".into()),
+                ("AWS_REGION", "us-east-1".into()),
+            ],
+        })
+    }
+}
+
+/// Where a test reads a pipeline's tables: in this process, or through `weir query` run with an
+/// object store's settings in its environment, as a user passes credentials.
+pub enum Tables<'a> {
+    InProcess(&'a weir::config::Pipeline),
+    Cli {
+        file: &'a str,
+        env: &'a [(&'a str, &'a str)],
+    },
+}
+
+impl Tables<'_> {
+    /// The rows of `sql` as text (cast every column to VARCHAR in the query; nulls are `NULL`).
+    pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<String>>> {
+        match self {
+            Self::InProcess(pipeline) => rows_as_text(&weir::lakehouse::query(pipeline, sql).await?),
+            Self::Cli { file, env } => {
+                let printed = weir_ok(&["query", file, sql, "--format", "json"], env).await?;
+                printed
+                    .lines()
+                    .filter(|line| !line.trim().is_empty())
+                    .map(|line| {
+                        let row: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(line)
+                                .with_context(|| format!("`weir query` printed {line:?}"))?;
+                        Ok(row
+                            .values()
+                            .map(|v| match v {
+                                serde_json::Value::Null => "NULL".to_owned(),
+                                serde_json::Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            })
+                            .collect())
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Silver must equal `SELECT * FROM onlineshop`, row for row.
 pub async fn assert_silver_equals_source(
     t: &TestPipeline,
     pipeline: &weir::config::Pipeline,
 ) -> Result<usize> {
-    let silver = weir::lakehouse::query(
-        pipeline,
+    assert_silver_equals_source_in(t, &Tables::InProcess(pipeline)).await
+}
+
+/// [`assert_silver_equals_source`], reading silver through `tables`.
+pub async fn assert_silver_equals_source_in(t: &TestPipeline, tables: &Tables<'_>) -> Result<usize> {
+    let silver = tables.rows(
         "SELECT CAST(id AS VARCHAR) AS id_text, transactionno, CAST(date AS VARCHAR) AS date_text, productno, \
          productname, CAST(price AS VARCHAR) AS price_text, CAST(quantity AS VARCHAR) AS quantity_text, \
          customerno, country FROM silver ORDER BY id",
     )
     .await?;
-    let silver = rows_as_text(&silver)?;
     let source = pg_rows(
         &t.db,
         "SELECT id::text, transactionno, date::text, productno, productname, price::text, quantity::text, \
@@ -407,13 +490,16 @@ pub async fn assert_gold_equals_group_by(
     t: &TestPipeline,
     pipeline: &weir::config::Pipeline,
 ) -> Result<usize> {
-    let gold = weir::lakehouse::query(
-        pipeline,
+    assert_gold_equals_group_by_in(t, &Tables::InProcess(pipeline)).await
+}
+
+/// [`assert_gold_equals_group_by`], reading gold through `tables`.
+pub async fn assert_gold_equals_group_by_in(t: &TestPipeline, tables: &Tables<'_>) -> Result<usize> {
+    let gold = tables.rows(
         "SELECT productno, CAST(total_quantity_sold AS VARCHAR) AS q, CAST(total_sales_value AS VARCHAR) AS s, \
          CAST(order_lines AS VARCHAR) AS n FROM gold_sales_report ORDER BY productno",
     )
     .await?;
-    let gold = rows_as_text(&gold)?;
     let source = pg_rows(
         &t.db,
         "SELECT productno, sum(quantity)::text, sum(price * quantity)::text, count(*)::text \
@@ -422,13 +508,11 @@ pub async fn assert_gold_equals_group_by(
     .await?;
     assert_same_rows("gold", &gold, "PostgreSQL GROUP BY", &source)?;
 
-    let daily = weir::lakehouse::query(
-        pipeline,
+    let daily = tables.rows(
         "SELECT CAST(date AS VARCHAR) AS d, country, CAST(total_sales_value AS VARCHAR) AS s, \
          CAST(order_lines AS VARCHAR) AS n FROM gold_daily_revenue_by_country ORDER BY d, country",
     )
     .await?;
-    let daily = rows_as_text(&daily)?;
     let daily_source = pg_rows(
         &t.db,
         "SELECT date::text AS d, country, sum(price * quantity)::text, count(*)::text \

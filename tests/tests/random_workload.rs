@@ -1,10 +1,14 @@
 //! Random workloads against PostgreSQL: inserts, updates (many of one key in one transaction),
 //! deletes, deletes followed by inserts of the same id, and truncates, in random transactions
 //! between pipeline runs. After every run silver equals the source table and gold equals
-//! PostgreSQL's GROUP BY. `WEIR_LONG=1` runs many more rounds.
+//! PostgreSQL's GROUP BY, on local folders, Azure Blob Storage and S3. `WEIR_LONG=1` runs many
+//! more rounds.
 
 use anyhow::{Context, Result};
-use weir_tests::{TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source};
+use weir_tests::{
+    ObjectStore, Tables, TestPipeline, assert_gold_equals_group_by_in,
+    assert_silver_equals_source_in, weir_ok,
+};
 
 /// A small deterministic generator (xorshift64*), so a failing seed can be replayed.
 struct Random(u64);
@@ -89,12 +93,50 @@ fn transaction(r: &mut Random, max_id: u64, truncate: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_workloads_end_with_silver_and_gold_equal_to_postgres() -> Result<()> {
+    random_workloads("random_workload", None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_workloads_on_azure_blob_storage() -> Result<()> {
+    random_workloads("random_workload_azure", Some(ObjectStore::Azure)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_workloads_on_s3() -> Result<()> {
+    random_workloads("random_workload_s3", Some(ObjectStore::S3)).await
+}
+
+/// Rounds of random transactions, each followed by a triggered run and the equality checks; on
+/// `store` (through the weir binary, with the store's settings in its environment) or on local
+/// folders (in this process).
+async fn random_workloads(test: &str, store: Option<ObjectStore>) -> Result<()> {
     let long = std::env::var_os("WEIR_LONG").is_some();
-    let (seeds, rounds) = if long { (5_u64, 25) } else { (1, 5) };
+    let (seeds, rounds) = match (long, store) {
+        (true, _) => (5_u64, 25),
+        (false, None) => (1, 5),
+        (false, Some(_)) => (1, 3),
+    };
+    let env = store.map(ObjectStore::env).transpose()?.unwrap_or_default();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for seed in 1..=seeds {
-        let t = TestPipeline::new("random_workload").await?;
+        let t = TestPipeline::new(test).await?;
         t.load_sample().await?;
-        let pipeline = t.pipeline()?;
+        let pipeline = match store {
+            None => t.pipeline()?,
+            Some(store) => {
+                let local_lake = t.dir.path().join("lakehouse").display().to_string();
+                let remote_lake = format!("{}/{}", store.root(), t.name);
+                t.pipeline_with(|text| text.replace(&local_lake, &remote_lake))?
+            }
+        };
+        let file = t.pipeline_path().display().to_string();
+        let tables = match store {
+            None => Tables::InProcess(&pipeline),
+            Some(_) => Tables::Cli {
+                file: &file,
+                env: &env,
+            },
+        };
         let mut r = Random(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let truncate_round = r.below(rounds);
         for round in 0..rounds {
@@ -113,11 +155,14 @@ async fn random_workloads_end_with_silver_and_gold_equal_to_postgres() -> Result
                     );
                 }
             }
-            weir::pipeline::run_triggered(&pipeline).await?;
-            assert_silver_equals_source(&t, &pipeline)
+            match store {
+                None => weir::pipeline::run_triggered(&pipeline).await.map(drop)?,
+                Some(_) => weir_ok(&["run", &file, "--triggered"], &env).await.map(drop)?,
+            }
+            assert_silver_equals_source_in(&t, &tables)
                 .await
                 .with_context(|| format!("seed {seed}, after round {round}"))?;
-            assert_gold_equals_group_by(&t, &pipeline)
+            assert_gold_equals_group_by_in(&t, &tables)
                 .await
                 .with_context(|| format!("seed {seed}, after round {round}"))?;
         }

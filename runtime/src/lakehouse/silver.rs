@@ -385,8 +385,13 @@ async fn apply_changes(
         Some(_) => drop_superseded(&ctx, keyed, &tombstones, cfg).await?,
         None => keyed,
     };
-    let rows = tombstone_rows(&keyed, cfg, false).await?;
-    if rows.num_rows() > 0 && (tombstones.version().is_some() || has_true(&rows, DELETE_FLAG)) {
+    let mut rows = tombstone_rows(&keyed, cfg, false).await?;
+    if tombstones.version().is_none() {
+        // Without tombstones yet, only deletes have something to record: the other changes would
+        // clear tombstones of their keys, and there are none.
+        rows = only_true(&rows, DELETE_FLAG)?;
+    }
+    if rows.num_rows() > 0 {
         record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
     }
     match cfg.scd_type {
@@ -840,12 +845,15 @@ async fn sql_batch(ctx: &SessionContext, sql: &str) -> Result<RecordBatch> {
     arrow::compute::concat_batches(&schema, &batches).map_err(|e| stage_err(STAGE, e))
 }
 
-fn has_true(batch: &RecordBatch, column: &str) -> bool {
-    batch
+/// The rows of `batch` whose boolean `column` is true.
+fn only_true(batch: &RecordBatch, column: &str) -> Result<RecordBatch> {
+    let flags = batch
         .column_by_name(column)
         .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
-        .is_some_and(|flags| flags.true_count() > 0)
+        .ok_or_else(|| stage_err("silver", format!("no boolean column `{column}`")))?;
+    arrow::compute::filter_record_batch(batch, flags).map_err(|e| stage_err("silver", e))
 }
+
 
 /// Records deletes and truncates in the tombstones, and forgets the tombstone of a key that a
 /// newer change brought back. `rows` holds keys, sequence and the two flags (a truncate's keys are

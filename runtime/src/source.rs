@@ -102,6 +102,70 @@ pub async fn run(
     until_current: bool,
     stop: &CancellationToken,
 ) -> Result<CaptureReport> {
+    // One process streams from a slot at a time (PostgreSQL enforces it); a continuous run that
+    // finds the slot in use waits, and takes over when the holder stops or dies.
+    loop {
+        if !until_current {
+            wait_for_slot(pipeline, stop).await?;
+            if stop.is_cancelled() {
+                return Ok(CaptureReport::default());
+            }
+        }
+        match capture(pipeline, until_current, stop).await {
+            Err(e) if !until_current && e.is_slot_in_use() && !stop.is_cancelled() => {
+                tracing::info!(slot = %pipeline.source.slot_name, "another process took the slot first; waiting again");
+            }
+            other => return other,
+        }
+    }
+}
+
+impl SourceError {
+    /// Whether the replication slot is streaming to another process (weir or Debezium).
+    pub fn is_slot_in_use(&self) -> bool {
+        match self {
+            Self::Replication { message, .. } | Self::Postgres { message, .. } => {
+                message.contains("is active for PID")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Returns once no process streams from the pipeline's slot (or at `stop`).
+async fn wait_for_slot(pipeline: &Pipeline, stop: &CancellationToken) -> Result<()> {
+    let slot = &pipeline.source.slot_name;
+    let client = connect(&pipeline.source.connection).await?;
+    let mut announced = false;
+    loop {
+        let holder = client
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[slot],
+            )
+            .await
+            .map_err(pg(format!("reading the state of slot {slot}")))?;
+        let Some(holder) = holder else {
+            return Ok(());
+        };
+        if !announced {
+            let pid: Option<i32> = holder.get(0);
+            tracing::info!(%slot, walsender_pid = ?pid, "the slot is in use by another process; waiting to take over");
+            announced = true;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// One capture session on the slot: snapshot if needed, then streaming.
+async fn capture(
+    pipeline: &Pipeline,
+    until_current: bool,
+    stop: &CancellationToken,
+) -> Result<CaptureReport> {
     let src = &pipeline.source;
     // First, so that the producer gets its id from the broker while PostgreSQL is being set up.
     let producer = ChangeProducer::new(&pipeline.kafka)?;

@@ -75,3 +75,77 @@ async fn continuous_run_streams_live_changes_and_stops_cleanly_on_sigint() -> Re
     );
     Ok(())
 }
+
+/// Exactly one process captures: a second `weir run` on the same pipeline waits while the first
+/// holds the replication slot, and takes over when it dies, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -> Result<()> {
+    let t = TestPipeline::new("capture_handover").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline()?;
+    let spawn = |name: &str| -> Result<(tokio::process::Child, std::path::PathBuf)> {
+        let log_path = t.dir.path().join(format!("{name}.log"));
+        let child = tokio::process::Command::new(weir_binary()?)
+            .args(["run", &t.pipeline_path().display().to_string(), "--stages", "capture"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok((child, log_path))
+    };
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let slot_active = || async {
+        let active: bool = t
+            .db
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&t.name],
+            )
+            .await?
+            .get(0);
+        ensure!(active, "the slot is not streaming");
+        Ok(())
+    };
+
+    let (mut first, first_log) = spawn("first")?;
+    eventually(Duration::from_secs(60), slot_active)
+        .await
+        .with_context(|| read(&first_log))?;
+    let (mut second, second_log) = spawn("second")?;
+    eventually(Duration::from_secs(30), || async {
+        ensure!(read(&second_log).contains("waiting to take over"), "not waiting yet");
+        Ok(())
+    })
+    .await
+    .with_context(|| read(&second_log))?;
+    ensure!(
+        second.try_wait()?.is_none(),
+        "the second process exited instead of waiting:\n{}",
+        read(&second_log)
+    );
+
+    // The first dies without a word; changes go on.
+    first.kill().await?;
+    t.db.batch_execute(
+        "UPDATE onlineshop SET quantity = quantity + 1 WHERE id <= 20;
+         DELETE FROM onlineshop WHERE id BETWEEN 30 AND 39;",
+    )
+    .await?;
+    // The second captures them: the lakehouse built from the topic equals the source.
+    let lakehouse = [weir::pipeline::Stage::Landing, weir::pipeline::Stage::Layers];
+    eventually(Duration::from_secs(120), || async {
+        weir::pipeline::run_stages_triggered(&pipeline, &lakehouse).await?;
+        assert_silver_equals_source(&t, &pipeline).await
+    })
+    .await
+    .with_context(|| read(&second_log))?;
+
+    let pid = second.id().context("the second process exited early")?;
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    ensure!(signalled.success(), "could not signal weir");
+    let status = tokio::time::timeout(Duration::from_secs(60), second.wait()).await??;
+    ensure!(status.success(), "exited with {status}\n{}", read(&second_log));
+    Ok(())
+}

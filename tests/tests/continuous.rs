@@ -149,3 +149,71 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
     ensure!(status.success(), "exited with {status}\n{}", read(&second_log));
     Ok(())
 }
+
+/// A second SIGTERM exits at once (status 130) even mid-work, and still loses nothing: the next
+/// run completes every layer from where progress was recorded.
+///
+/// Ignored while it fails about one run in four: after the exit, the next run's landing starts
+/// past offsets that were never landed (its file begins at the snapshot's last offset) and lands
+/// the rest three times. The fault-injection suite (issue 7) is where this gets found and fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finds lost landing offsets after a kill mid-pass (issue 7)"]
+async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
+    let t = TestPipeline::new("second_signal").await?;
+    t.load_sample().await?;
+    // The killed process's landing consumer stays in its group until its session times out
+    // (45 s by default) before the next run can take its partitions.
+    let pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "[landing]",
+            "[kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\n[landing]",
+        )
+    })?;
+    let log_path = t.dir.path().join("weir.log");
+    let mut weir = tokio::process::Command::new(weir_binary()?)
+        .arg("run")
+        .arg(t.pipeline_path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually(Duration::from_secs(60), || async {
+        let streaming: bool = t
+            .db
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&t.name],
+            )
+            .await?
+            .get(0);
+        ensure!(streaming, "not capturing yet");
+        Ok(())
+    })
+    .await
+    .with_context(log)?;
+    t.db.batch_execute("UPDATE onlineshop SET quantity = quantity + 5 WHERE id % 3 = 0")
+        .await?;
+
+    let pid = weir.id().context("weir exited early")?.to_string();
+    for _ in 0..2 {
+        let signalled = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?;
+        ensure!(signalled.success(), "could not signal weir");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(5), weir.wait())
+        .await
+        .with_context(|| format!("weir did not exit within 5 s of the second signal\n{}", log()))??;
+    ensure!(
+        status.code() == Some(130) || status.success(),
+        "exited with {status}\n{}",
+        log()
+    );
+
+    weir::pipeline::run_triggered(&pipeline).await?;
+    assert_silver_equals_source(&t, &pipeline).await?;
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    Ok(())
+}

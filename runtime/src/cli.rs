@@ -184,7 +184,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 QueryFormat::Json => {
                     let mut writer = arrow::json::WriterBuilder::new()
                         .with_explicit_nulls(true)
-                        .build::<_, arrow::json::writer::LineDelimited>(std::io::stdout().lock());
+                        .build::<_, arrow::json::writer::LineDelimited>(
+                        std::io::stdout().lock(),
+                    );
                     writer.write_batches(&batches.iter().collect::<Vec<_>>())?;
                     writer.finish()?;
                 }

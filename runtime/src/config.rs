@@ -667,7 +667,9 @@ impl Pipeline {
                 ));
             }
             (Some(only), None) => ColumnSelection::Only(only.into_inner()),
-            (None, except) => ColumnSelection::AllExcept(except.map(Spanned::into_inner).unwrap_or_default()),
+            (None, except) => {
+                ColumnSelection::AllExcept(except.map(Spanned::into_inner).unwrap_or_default())
+            }
         };
         let mut gold = BTreeMap::new();
         for (gold_name, g) in raw.gold {

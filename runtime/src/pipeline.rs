@@ -177,7 +177,10 @@ pub async fn run_continuous(
                 }
             }
             // Between passes, so compaction never races this process's writers.
-            if !stopping && !maintenance_every.is_zero() && maintained.elapsed() >= maintenance_every {
+            if !stopping
+                && !maintenance_every.is_zero()
+                && maintained.elapsed() >= maintenance_every
+            {
                 lakehouse::maintain(pipeline, &pipeline.maintenance).await?;
                 maintained = std::time::Instant::now();
             }
@@ -211,7 +214,8 @@ pub async fn run_continuous(
 }
 
 fn finished<T>(task: &Option<tokio::task::JoinHandle<T>>) -> bool {
-    task.as_ref().is_some_and(tokio::task::JoinHandle::is_finished)
+    task.as_ref()
+        .is_some_and(tokio::task::JoinHandle::is_finished)
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM; a second signal exits at once.

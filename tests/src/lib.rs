@@ -407,7 +407,10 @@ impl ObjectStore {
         Ok(match self {
             Self::Azure => vec![
                 ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
-                ("AZURITE_BLOB_STORAGE_URL", service("WEIR_AZURITE_BLOB_URL")?),
+                (
+                    "AZURITE_BLOB_STORAGE_URL",
+                    service("WEIR_AZURITE_BLOB_URL")?,
+                ),
             ],
             Self::S3 => vec![
                 ("AWS_ENDPOINT_URL", service("WEIR_S3_ENDPOINT")?),
@@ -434,7 +437,9 @@ impl Tables<'_> {
     /// The rows of `sql` as text (cast every column to VARCHAR in the query; nulls are `NULL`).
     pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<String>>> {
         match self {
-            Self::InProcess(pipeline) => rows_as_text(&weir::lakehouse::query(pipeline, sql).await?),
+            Self::InProcess(pipeline) => {
+                rows_as_text(&weir::lakehouse::query(pipeline, sql).await?)
+            }
             Self::Cli { file, env } => {
                 let printed = weir_ok(&["query", file, sql, "--format", "json"], env).await?;
                 printed
@@ -468,7 +473,10 @@ pub async fn assert_silver_equals_source(
 }
 
 /// [`assert_silver_equals_source`], reading silver through `tables`.
-pub async fn assert_silver_equals_source_in(t: &TestPipeline, tables: &Tables<'_>) -> Result<usize> {
+pub async fn assert_silver_equals_source_in(
+    t: &TestPipeline,
+    tables: &Tables<'_>,
+) -> Result<usize> {
     let silver = tables.rows(
         "SELECT CAST(id AS VARCHAR) AS id_text, transactionno, CAST(date AS VARCHAR) AS date_text, productno, \
          productname, CAST(price AS VARCHAR) AS price_text, CAST(quantity AS VARCHAR) AS quantity_text, \
@@ -494,7 +502,10 @@ pub async fn assert_gold_equals_group_by(
 }
 
 /// [`assert_gold_equals_group_by`], reading gold through `tables`.
-pub async fn assert_gold_equals_group_by_in(t: &TestPipeline, tables: &Tables<'_>) -> Result<usize> {
+pub async fn assert_gold_equals_group_by_in(
+    t: &TestPipeline,
+    tables: &Tables<'_>,
+) -> Result<usize> {
     let gold = tables.rows(
         "SELECT productno, CAST(total_quantity_sold AS VARCHAR) AS q, CAST(total_sales_value AS VARCHAR) AS s, \
          CAST(order_lines AS VARCHAR) AS n FROM gold_sales_report ORDER BY productno",
@@ -508,11 +519,12 @@ pub async fn assert_gold_equals_group_by_in(t: &TestPipeline, tables: &Tables<'_
     .await?;
     assert_same_rows("gold", &gold, "PostgreSQL GROUP BY", &source)?;
 
-    let daily = tables.rows(
-        "SELECT CAST(date AS VARCHAR) AS d, country, CAST(total_sales_value AS VARCHAR) AS s, \
+    let daily = tables
+        .rows(
+            "SELECT CAST(date AS VARCHAR) AS d, country, CAST(total_sales_value AS VARCHAR) AS s, \
          CAST(order_lines AS VARCHAR) AS n FROM gold_daily_revenue_by_country ORDER BY d, country",
-    )
-    .await?;
+        )
+        .await?;
     let daily_source = pg_rows(
         &t.db,
         "SELECT date::text AS d, country, sum(price * quantity)::text, count(*)::text \

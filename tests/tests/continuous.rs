@@ -86,7 +86,12 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
     let spawn = |name: &str| -> Result<(tokio::process::Child, std::path::PathBuf)> {
         let log_path = t.dir.path().join(format!("{name}.log"));
         let child = tokio::process::Command::new(weir_binary()?)
-            .args(["run", &t.pipeline_path().display().to_string(), "--stages", "capture"])
+            .args([
+                "run",
+                &t.pipeline_path().display().to_string(),
+                "--stages",
+                "capture",
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
             .kill_on_drop(true)
@@ -95,9 +100,8 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
     };
     let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
     let slot_active = || async {
-        let active: bool = t
-            .db
-            .query_one(
+        let active: bool =
+            t.db.query_one(
                 "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND active",
                 &[&t.name],
             )
@@ -113,7 +117,10 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
         .with_context(|| read(&first_log))?;
     let (mut second, second_log) = spawn("second")?;
     eventually(Duration::from_secs(30), || async {
-        ensure!(read(&second_log).contains("waiting to take over"), "not waiting yet");
+        ensure!(
+            read(&second_log).contains("waiting to take over"),
+            "not waiting yet"
+        );
         Ok(())
     })
     .await
@@ -132,7 +139,10 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
     )
     .await?;
     // The second captures them: the lakehouse built from the topic equals the source.
-    let lakehouse = [weir::pipeline::Stage::Landing, weir::pipeline::Stage::Layers];
+    let lakehouse = [
+        weir::pipeline::Stage::Landing,
+        weir::pipeline::Stage::Layers,
+    ];
     eventually(Duration::from_secs(120), || async {
         weir::pipeline::run_stages_triggered(&pipeline, &lakehouse).await?;
         assert_silver_equals_source(&t, &pipeline).await
@@ -146,7 +156,11 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
         .status()?;
     ensure!(signalled.success(), "could not signal weir");
     let status = tokio::time::timeout(Duration::from_secs(60), second.wait()).await??;
-    ensure!(status.success(), "exited with {status}\n{}", read(&second_log));
+    ensure!(
+        status.success(),
+        "exited with {status}\n{}",
+        read(&second_log)
+    );
     Ok(())
 }
 
@@ -182,9 +196,8 @@ async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
         .spawn()?;
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     eventually(Duration::from_secs(60), || async {
-        let streaming: bool = t
-            .db
-            .query_one(
+        let streaming: bool =
+            t.db.query_one(
                 "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND active",
                 &[&t.name],
             )
@@ -208,7 +221,12 @@ async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
     }
     let status = tokio::time::timeout(Duration::from_secs(5), weir.wait())
         .await
-        .with_context(|| format!("weir did not exit within 5 s of the second signal\n{}", log()))??;
+        .with_context(|| {
+            format!(
+                "weir did not exit within 5 s of the second signal\n{}",
+                log()
+            )
+        })??;
     ensure!(
         status.code() == Some(130) || status.success(),
         "exited with {status}\n{}",

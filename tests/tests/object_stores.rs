@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use weir_tests::{
-    ObjectStore, TestPipeline, Tables, assert_gold_equals_group_by_in,
+    ObjectStore, Tables, TestPipeline, assert_gold_equals_group_by_in,
     assert_silver_equals_source_in, weir_ok,
 };
 

@@ -26,13 +26,7 @@ impl Random {
     }
 }
 
-const COUNTRIES: [&str; 5] = [
-    "United Kingdom",
-    "France",
-    "Germany",
-    "EIRE",
-    "Netherlands",
-];
+const COUNTRIES: [&str; 5] = ["United Kingdom", "France", "Germany", "EIRE", "Netherlands"];
 
 fn insert(id: Option<u64>, r: &mut Random) -> String {
     let product = r.below(40);
@@ -157,7 +151,9 @@ async fn random_workloads(test: &str, store: Option<ObjectStore>) -> Result<()> 
             }
             match store {
                 None => weir::pipeline::run_triggered(&pipeline).await.map(drop)?,
-                Some(_) => weir_ok(&["run", &file, "--triggered"], &env).await.map(drop)?,
+                Some(_) => weir_ok(&["run", &file, "--triggered"], &env)
+                    .await
+                    .map(drop)?,
             }
             assert_silver_equals_source_in(&t, &tables)
                 .await

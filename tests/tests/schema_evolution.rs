@@ -5,7 +5,9 @@
 //! lost nothing.
 
 use anyhow::Result;
-use weir_tests::{TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, pg_rows, rows_as_text};
+use weir_tests::{
+    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, pg_rows, rows_as_text,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_to_the_source_reaches_bronze_and_silver() -> Result<()> {

@@ -27,7 +27,11 @@ async fn passwords_stay_out_of_logs_reports_and_errors() -> Result<()> {
     let debug = [("WEIR_LOG", "debug")];
     let mut outputs = Vec::new();
     for format in ["text", "json"] {
-        let run = run_weir(&["--log-format", format, "run", &file, "--triggered"], &debug).await?;
+        let run = run_weir(
+            &["--log-format", format, "run", &file, "--triggered"],
+            &debug,
+        )
+        .await?;
         ensure!(
             run.status.success(),
             "the run failed: {}",

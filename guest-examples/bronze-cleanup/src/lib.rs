@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
-    Int32Builder, Int64Builder, StringArray,
-    StringBuilder, TimestampMicrosecondBuilder,
+    Int32Builder, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;

@@ -229,7 +229,10 @@ fn with_all_columns(batches: Vec<RecordBatch>) -> arrow::error::Result<Vec<Recor
     }
     // A column some batches lack is null in their rows.
     for field in &mut fields {
-        if batches.iter().any(|b| b.schema().field_with_name(field.name()).is_err()) {
+        if batches
+            .iter()
+            .any(|b| b.schema().field_with_name(field.name()).is_err())
+        {
             field.set_nullable(true);
         }
     }

@@ -68,10 +68,7 @@ pub async fn maintain(
         if table.version().is_none() {
             continue;
         }
-        let compacted = table
-            .optimize()
-            .await
-            .map_err(delta_err(&stage, &location));
+        let compacted = table.optimize().await.map_err(delta_err(&stage, &location));
         let (table, compacted) = match compacted {
             // A writer changed the files being compacted: they are compacted next time.
             Err(e) if e.is_commit_conflict() => {

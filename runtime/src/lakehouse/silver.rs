@@ -447,16 +447,17 @@ fn file_aligned_chunks(
         return whole();
     }
     let arrow_err = |e: arrow::error::ArrowError| stage_err(STAGE, e);
-    let converter = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(
-        keys.data_type().clone(),
-    )])
-    .map_err(arrow_err)?;
+    let converter =
+        arrow::row::RowConverter::new(vec![arrow::row::SortField::new(keys.data_type().clone())])
+            .map_err(arrow_err)?;
     let as_rows = |values: &arrow::array::ArrayRef| {
         let values = arrow::compute::cast(values, keys.data_type()).map_err(arrow_err)?;
         converter.convert_columns(&[values]).map_err(arrow_err)
     };
     let (min, max) = (as_rows(min)?, as_rows(max)?);
-    let mut ranges: Vec<_> = (0..files.num_rows()).map(|i| (min.row(i), max.row(i))).collect();
+    let mut ranges: Vec<_> = (0..files.num_rows())
+        .map(|i| (min.row(i), max.row(i)))
+        .collect();
     ranges.sort();
     // Where each joined range after the first begins.
     let mut cuts = Vec::new();
@@ -670,7 +671,10 @@ async fn merge_versions(
                 |u, c| {
                     u.update(
                         Column::from_name(c.as_str()),
-                        format!("CASE WHEN source.__fold THEN source.{0} ELSE target.{0} END", q(c)),
+                        format!(
+                            "CASE WHEN source.__fold THEN source.{0} ELSE target.{0} END",
+                            q(c)
+                        ),
                     )
                 },
             )
@@ -854,7 +858,6 @@ fn only_true(batch: &RecordBatch, column: &str) -> Result<RecordBatch> {
     arrow::compute::filter_record_batch(batch, flags).map_err(|e| stage_err("silver", e))
 }
 
-
 /// Records deletes and truncates in the tombstones, and forgets the tombstone of a key that a
 /// newer change brought back. `rows` holds keys, sequence and the two flags (a truncate's keys are
 /// null), all newer than what the tombstones hold.
@@ -1010,11 +1013,7 @@ async fn merge_keyed(
     };
     // An update's value of a column: an unchanged TOASTed value keeps the stored one, and with
     // `ignore_null_updates` so does a null.
-    let carries_placeholder = |c: &str| {
-        changes_with_placeholders
-            .iter()
-            .any(|p| p.as_str() == c)
-    };
+    let carries_placeholder = |c: &str| changes_with_placeholders.iter().any(|p| p.as_str() == c);
     let updated = |c: &str| {
         let mut value = format!("source.{}", q(c));
         if carries_placeholder(c) && is_stored(c) {

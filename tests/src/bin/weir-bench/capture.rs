@@ -151,7 +151,11 @@ pub async fn run() -> Result<()> {
     let landing = weir::landing::run(&pipeline, true, &stop).await?;
     let landing_secs = started.elapsed().as_secs_f64();
     if landing.events != report.changes as usize {
-        bail!("landing wrote {} events of {}", landing.events, report.changes);
+        bail!(
+            "landing wrote {} events of {}",
+            landing.events,
+            report.changes
+        );
     }
     let records = landing.events + landing.tombstones;
     let topic = pipeline.topic_for(&pipeline.bronze.source_table);
@@ -297,7 +301,10 @@ fn read_only(kafka: &str, topic: &str, records: usize) -> Result<usize> {
     use rdkafka::message::Message;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka)
-        .set("group.id", format!("weir-bench-read-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!("weir-bench-read-{}", std::process::id()),
+        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()?;

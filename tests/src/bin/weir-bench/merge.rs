@@ -185,9 +185,11 @@ async fn plain_merge(table: &Path, changes: RecordBatch) -> Result<()> {
             )
         })?
         .when_not_matched_insert(|i| {
-            columns.iter().fold(i.predicate("source.op <> 'd'"), |i, c| {
-                i.set(Column::from_name(c.as_str()), format!("source.{c}"))
-            })
+            columns
+                .iter()
+                .fold(i.predicate("source.op <> 'd'"), |i, c| {
+                    i.set(Column::from_name(c.as_str()), format!("source.{c}"))
+                })
         })?
         .await?;
     Ok(())
@@ -218,7 +220,8 @@ fn change_rows(
     quantities: &[i64],
     sequence_base: i64,
 ) -> Result<RecordBatch> {
-    let picks = UInt32Array::from_iter_values((0..ids.len()).map(|i| (i % template.num_rows()) as u32));
+    let picks =
+        UInt32Array::from_iter_values((0..ids.len()).map(|i| (i % template.num_rows()) as u32));
     let rows = arrow::compute::take_record_batch(template, &picks)?;
     let sequence: ArrayRef = Arc::new(Int64Array::from_iter_values(
         (0..ids.len() as i64).map(|i| sequence_base + i * 64),

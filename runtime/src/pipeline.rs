@@ -117,10 +117,10 @@ pub async fn run_triggered(pipeline: &Pipeline) -> Result<RunReport> {
 /// Processes everything committed so far through `stages`, in pipeline order, then returns.
 pub async fn run_stages_triggered(pipeline: &Pipeline, stages: &[Stage]) -> Result<RunReport> {
     let host = WasmHost::new(pipeline.wasm)?;
-    let mut layers = match stages.contains(&Stage::Layers) {
-        true => Some(Layers::load(&host, pipeline)?),
-        false => None,
-    };
+    let mut layers = stages
+        .contains(&Stage::Layers)
+        .then(|| Layers::load(&host, pipeline))
+        .transpose()?;
     let never = CancellationToken::new();
     let mut report = RunReport::default();
     if stages.contains(&Stage::Capture) {
@@ -152,10 +152,10 @@ pub async fn run_continuous(
     stop: CancellationToken,
 ) -> Result<RunReport> {
     let host = WasmHost::new(pipeline.wasm)?;
-    let mut layers = match stages.contains(&Stage::Layers) {
-        true => Some(Layers::load(&host, pipeline)?),
-        false => None,
-    };
+    let mut layers = stages
+        .contains(&Stage::Layers)
+        .then(|| Layers::load(&host, pipeline))
+        .transpose()?;
     let capture = stages.contains(&Stage::Capture).then(|| {
         let (p, s) = (pipeline.clone(), stop.clone());
         tokio::spawn(async move { source::run(&p, false, &s).await })

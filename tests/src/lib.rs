@@ -203,6 +203,25 @@ impl TestPipeline {
         self.pipeline_with(|text| text)
     }
 
+    /// [`Self::pipeline`] with the landing zone and every table in `store` instead of local folders.
+    pub fn pipeline_in(&self, store: ObjectStore) -> Result<weir::config::Pipeline> {
+        let local_lake = self.dir.path().join("lakehouse").display().to_string();
+        let remote_lake = format!("{}/{}", store.root(), self.name);
+        self.pipeline_with(|text| text.replace(&local_lake, &remote_lake))
+    }
+
+    /// Whether a process is streaming from this test's replication slot.
+    pub async fn slot_is_streaming(&self) -> Result<bool> {
+        Ok(self
+            .db
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&self.name],
+            )
+            .await?
+            .get(0))
+    }
+
     /// Like [`Self::pipeline`], with `edit` applied to the file's text first.
     pub fn pipeline_with(
         &self,

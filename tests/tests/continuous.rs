@@ -100,14 +100,7 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
     };
     let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
     let slot_active = || async {
-        let active: bool =
-            t.db.query_one(
-                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&t.name],
-            )
-            .await?
-            .get(0);
-        ensure!(active, "the slot is not streaming");
+        ensure!(t.slot_is_streaming().await?, "the slot is not streaming");
         Ok(())
     };
 
@@ -196,14 +189,7 @@ async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
         .spawn()?;
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     eventually(Duration::from_secs(60), || async {
-        let streaming: bool =
-            t.db.query_one(
-                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&t.name],
-            )
-            .await?
-            .get(0);
-        ensure!(streaming, "not capturing yet");
+        ensure!(t.slot_is_streaming().await?, "not capturing yet");
         Ok(())
     })
     .await

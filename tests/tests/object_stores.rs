@@ -43,9 +43,7 @@ async fn the_pipeline_runs_on(test: &str, store: ObjectStore, writers: usize) ->
     };
     let t = TestPipeline::new(test).await?;
     t.load_sample().await?;
-    let local_lake = t.dir.path().join("lakehouse").display().to_string();
-    let remote_lake = format!("{}/{}", store.root(), t.name);
-    t.pipeline_with(|text| text.replace(&local_lake, &remote_lake))?;
+    t.pipeline_in(store)?;
     let file = t.pipeline_path().display().to_string();
 
     let run = |stages: &str| {

@@ -117,11 +117,7 @@ async fn random_workloads(test: &str, store: Option<ObjectStore>) -> Result<()> 
         t.load_sample().await?;
         let pipeline = match store {
             None => t.pipeline()?,
-            Some(store) => {
-                let local_lake = t.dir.path().join("lakehouse").display().to_string();
-                let remote_lake = format!("{}/{}", store.root(), t.name);
-                t.pipeline_with(|text| text.replace(&local_lake, &remote_lake))?
-            }
+            Some(store) => t.pipeline_in(store)?,
         };
         let file = t.pipeline_path().display().to_string();
         let tables = match store {

@@ -430,9 +430,10 @@ fn file_aligned_chunks(
     let ([key], true) = (&cfg.keys[..], batch.num_rows() > limit) else {
         return whole();
     };
-    let Some(keys) = batch.column_by_name(key) else {
+    let Ok(key_index) = batch.schema().index_of(key) else {
         return whole();
     };
+    let keys = batch.column(key_index);
     let files = silver
         .snapshot()
         .and_then(|s| s.add_actions_table(true))
@@ -470,7 +471,7 @@ fn file_aligned_chunks(
     }
     let order = arrow::compute::sort_to_indices(keys, None, None).map_err(arrow_err)?;
     let sorted = arrow::compute::take_record_batch(batch, &order).map_err(arrow_err)?;
-    let sorted_keys = as_rows(&arrow::compute::take(keys, &order, None).map_err(arrow_err)?)?;
+    let sorted_keys = as_rows(sorted.column(key_index))?;
     let sorted_keys: Vec<_> = sorted_keys.iter().collect();
     let mut ends: Vec<usize> = cuts
         .iter()
@@ -535,11 +536,7 @@ async fn merge_versions(
     let start = q(&cfg.sequence_by[0]);
     let (start_at, end_at) = (q(START_AT), q(END_AT));
     let by_key = format!("PARTITION BY {keys} ORDER BY {order}");
-    let columns = target_columns
-        .iter()
-        .map(|c| q(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = columns_sql(target_columns, q, ", ");
     // With `track_history_*`, a change whose tracked columns equal the key's previous state (the
     // change before it, or the stored current version) starts no version: it folds into the
     // current one. Runs of such changes behind a version's first change make one version, with
@@ -645,10 +642,7 @@ async fn merge_versions(
     let source = ctx.read_batch(versions).map_err(err)?;
     // The stored current version ends where the first new version starts, and takes the values
     // of the changes folded into it.
-    let stored_columns: Vec<String> = silver
-        .snapshot()
-        .map(|s| s.schema().fields().map(|f| f.name().clone()).collect())
-        .unwrap_or_default();
+    let stored_columns = stored_columns(&silver);
     let folded: Vec<&String> = target_columns
         .iter()
         .filter(|c| !tracked.contains(c) && !cfg.keys.contains(c) && stored_columns.contains(c))
@@ -829,6 +823,14 @@ async fn tombstone_rows(
 }
 
 /// `columns`, each written by `each`, joined by `separator`: a fragment of the SQL below.
+/// The columns `table` has now (none before its first version).
+fn stored_columns(table: &DeltaTable) -> Vec<String> {
+    table
+        .snapshot()
+        .map(|s| s.schema().fields().map(|f| f.name().clone()).collect())
+        .unwrap_or_default()
+}
+
 fn columns_sql(columns: &[String], each: impl Fn(&str) -> String, separator: &str) -> String {
     columns
         .iter()
@@ -994,10 +996,7 @@ async fn merge_keyed(
     };
     // Columns the source gained since silver was written: the MERGE adds them, and no stored
     // value of theirs exists to keep.
-    let stored: Vec<String> = silver
-        .snapshot()
-        .map(|s| s.schema().fields().map(|f| f.name().clone()).collect())
-        .unwrap_or_default();
+    let stored = stored_columns(&silver);
     let is_stored = |c: &str| stored.iter().any(|s| s == c);
     let toasted_columns: Vec<&String> = target_columns
         .iter()

@@ -48,11 +48,11 @@ pub async fn run() -> Result<()> {
         .await?;
         id += BUILD_ROWS;
     }
+    let (files, bytes) = data_files(&silver)?;
     println!(
-        "  done in {:.1} s: {} data files, {} MiB",
+        "  done in {:.1} s: {files} data files, {} MiB",
         started.elapsed().as_secs_f64(),
-        data_files(&silver)?.0,
-        data_files(&silver)?.1 >> 20
+        bytes >> 20
     );
     let copy = t.dir.path().join("plain-merge");
     let status = Command::new("cp")

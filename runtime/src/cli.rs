@@ -1,4 +1,5 @@
-//! The command line: `weir run`, `weir validate`, `weir query`.
+//! The command line: `weir run`, `weir status`, `weir validate`, `weir rebuild`, `weir maintain`,
+//! `weir query`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,15 @@ enum Command {
         /// e.g. one with `capture,landing` and others with `layers`.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::pipeline::Stage::ALL)]
         stages: Vec<crate::pipeline::Stage>,
+    },
+    /// Show every stage's position and lag (slot vs WAL, Kafka offsets vs high watermarks, landing
+    /// files pending, Delta versions) and each stage's last error; whether the pipeline runs or not.
+    Status {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Print JSON (what a running pipeline's `/status` serves) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a pipeline file and the components it names, without touching any service.
     Validate {
@@ -126,6 +136,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 crate::pipeline::run_continuous(&pipeline, &stages, stop).await?
             };
             println!("{report}");
+            Ok(())
+        }
+        Command::Status { file, json } => {
+            let pipeline = Pipeline::load(&file)?;
+            let status = crate::observe::status(&pipeline).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{status}");
+            }
             Ok(())
         }
         Command::Validate { file, sample } => {

@@ -46,6 +46,7 @@ pub struct Pipeline {
     pub gold: BTreeMap<String, GoldConfig>,
     pub wasm: WasmLimits,
     pub maintenance: MaintenanceConfig,
+    pub metrics: MetricsConfig,
     /// Where weir keeps its own progress records (snapshot state); an object store URL.
     pub state_location: String,
     /// Where a batch a layer's component fails on goes (as Parquet, with its error beside it) so
@@ -244,6 +245,16 @@ pub enum OnViolation {
     Fail,
 }
 
+impl OnViolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warn => "warn",
+            Self::Drop => "drop",
+            Self::Fail => "fail",
+        }
+    }
+}
+
 fn default_on_violation() -> OnViolation {
     OnViolation::Warn
 }
@@ -278,6 +289,25 @@ impl Default for MaintenanceConfig {
     }
 }
 
+/// The HTTP port a running pipeline serves `/metrics`, `/health`, `/status` and its page on.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9187`; without it no port is opened.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/health` reports a stage as behind when input has waited this long without it progressing.
+    pub stalled_after_s: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            stalled_after_s: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct WasmLimits {
     pub memory_limit_bytes: usize,
@@ -305,6 +335,8 @@ struct RawFile {
     wasm: RawWasm,
     #[serde(default)]
     maintenance: MaintenanceConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
 }
 
 #[derive(Deserialize)]
@@ -780,6 +812,7 @@ impl Pipeline {
                 allow_clocks: raw.wasm.allow_clocks,
             },
             maintenance: raw.maintenance,
+            metrics: raw.metrics,
             state_location,
             dead_letter_location,
             name,

@@ -132,6 +132,59 @@ pub fn table_folder(table: &str) -> String {
 ///
 /// With `until_caught_up`, stops once every partition has been read up to the end it had when the
 /// pass started (a triggered run); otherwise runs until `stop` is set.
+/// The landing consumers' group is `<kafka.group_id>-landing`.
+const GROUP_SUFFIX: &str = "landing";
+
+/// How far landing has read one partition of the source topic, for `weir status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionPosition {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset landing will read (the group's committed offset); None before its first commit.
+    pub committed: Option<i64>,
+    pub high_watermark: i64,
+    /// Records in the partition not yet landed.
+    pub lag: i64,
+}
+
+/// Landing's consumer-group position on every partition of the source topic, read without
+/// joining the group (so a running pipeline is not disturbed). Blocks on the broker.
+pub fn consumer_positions(pipeline: &Pipeline) -> Result<Vec<PartitionPosition>> {
+    let topic = pipeline.topic_for(&pipeline.bronze.source_table);
+    let consumer = transport::group_consumer(&pipeline.kafka, GROUP_SUFFIX)?;
+    let highs = transport::high_watermarks(&consumer, &pipeline.kafka, &topic)?;
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for partition in highs.keys() {
+        wanted.add_partition(&topic, *partition);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .map_err(|source| TransportError::Kafka {
+            servers: pipeline.kafka.bootstrap_servers.clone(),
+            action: format!("reading the landing group's offsets on {topic}"),
+            source,
+        })?;
+    Ok(highs
+        .into_iter()
+        .map(|(partition, high_watermark)| {
+            let committed =
+                committed
+                    .find_partition(&topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+            PartitionPosition {
+                topic: topic.clone(),
+                partition,
+                committed,
+                high_watermark,
+                lag: high_watermark - committed.unwrap_or(0).min(high_watermark),
+            }
+        })
+        .collect())
+}
+
 pub async fn run(
     pipeline: &Pipeline,
     until_caught_up: bool,
@@ -140,7 +193,7 @@ pub async fn run(
     let (store, root) = storage::open(&pipeline.landing.location)?;
     let topics = vec![pipeline.topic_for(&pipeline.bronze.source_table)];
     transport::ensure_topics(&pipeline.kafka, &topics).await?;
-    let consumer = transport::group_consumer(&pipeline.kafka, "landing")?;
+    let consumer = transport::group_consumer(&pipeline.kafka, GROUP_SUFFIX)?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topic_refs)
@@ -185,6 +238,10 @@ pub async fn run(
         let next = tokio::time::timeout(idle, stream.next()).await;
         match next {
             Ok(Some(Ok(msg))) => {
+                crate::observe::metrics()
+                    .rows_in
+                    .with_label_values(&["landing"])
+                    .inc();
                 let key = (msg.topic().to_owned(), msg.partition());
                 position.insert(key.clone(), msg.offset() + 1);
                 let buffer = buffers
@@ -492,6 +549,15 @@ async fn flush(
         let file_bytes = bytes.len();
         storage::put(store, &path, bytes).await?;
         tracing::info!(file = %path, rows = buffer.rows.len(), "landed change file");
+        let m = crate::observe::metrics();
+        m.landing_files.with_label_values(&[table]).inc();
+        m.landing_bytes
+            .with_label_values(&[table])
+            .inc_by(file_bytes as u64);
+        m.batches.with_label_values(&["landing"]).inc();
+        m.rows_out
+            .with_label_values(&["landing"])
+            .inc_by(buffer.rows.len() as u64);
         report.files += 1;
         report.events += buffer.rows.len();
         report.event_bytes += buffer.bytes;

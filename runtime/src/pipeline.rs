@@ -29,6 +29,30 @@ pub enum PipelineError {
         stage: &'static str,
         message: String,
     },
+    #[error("{0}")]
+    Metrics(std::io::Error),
+}
+
+impl PipelineError {
+    /// The stage the error stopped, as `weir status` names stages.
+    pub fn stage(&self) -> String {
+        match self {
+            Self::Source(_) => "capture".to_owned(),
+            Self::Landing(_) => "landing".to_owned(),
+            Self::Lakehouse(e) => e.stage(),
+            Self::Wasm(e) => e.stage().unwrap_or("layers").to_owned(),
+            Self::Task { stage, .. } => (*stage).to_owned(),
+            Self::Metrics(_) => "metrics".to_owned(),
+        }
+    }
+}
+
+/// Records a run's error where `weir status` and `/health` report it, and hands it on.
+async fn reported<T>(pipeline: &Pipeline, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        crate::observe::stage_failed(pipeline, &e.stage(), &e.to_string()).await;
+    }
+    result
 }
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
@@ -116,6 +140,10 @@ pub async fn run_triggered(pipeline: &Pipeline) -> Result<RunReport> {
 
 /// Processes everything committed so far through `stages`, in pipeline order, then returns.
 pub async fn run_stages_triggered(pipeline: &Pipeline, stages: &[Stage]) -> Result<RunReport> {
+    reported(pipeline, triggered(pipeline, stages).await).await
+}
+
+async fn triggered(pipeline: &Pipeline, stages: &[Stage]) -> Result<RunReport> {
     let host = WasmHost::new(pipeline.wasm)?;
     let mut layers = stages
         .contains(&Stage::Layers)
@@ -145,8 +173,22 @@ pub async fn run_stages_triggered(pipeline: &Pipeline, stages: &[Stage]) -> Resu
     Ok(report)
 }
 
-/// Runs `stages` until `stop` is cancelled, then drains the lakehouse stages and returns.
+/// Runs `stages` until `stop` is cancelled, then drains the lakehouse stages and returns. Serves
+/// the pipeline's metrics port, if it has one, meanwhile.
 pub async fn run_continuous(
+    pipeline: &Pipeline,
+    stages: &[Stage],
+    stop: CancellationToken,
+) -> Result<RunReport> {
+    let serving = CancellationToken::new();
+    let _stop_serving = serving.clone().drop_guard();
+    crate::observe::serve(pipeline, serving)
+        .await
+        .map_err(PipelineError::Metrics)?;
+    reported(pipeline, continuous(pipeline, stages, stop).await).await
+}
+
+async fn continuous(
     pipeline: &Pipeline,
     stages: &[Stage],
     stop: CancellationToken,

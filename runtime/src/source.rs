@@ -95,6 +95,90 @@ struct SlotState {
     snapshot: Option<snapshot::SnapshotProgress>,
 }
 
+fn slot_state_location(
+    pipeline: &Pipeline,
+) -> Result<(Arc<dyn object_store::ObjectStore>, object_store::path::Path)> {
+    let (store, root) = storage::open(&pipeline.state_location)?;
+    let path = root
+        .join("source")
+        .join(format!("{}.json", pipeline.source.slot_name));
+    Ok((store, path))
+}
+
+async fn read_slot_state(
+    pipeline: &Pipeline,
+    store: &dyn object_store::ObjectStore,
+    path: &object_store::path::Path,
+) -> Result<SlotState> {
+    match storage::get(store, path).await? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SourceError::Replication {
+            slot: pipeline.source.slot_name.clone(),
+            message: format!(
+                "weir's progress record {path} is unreadable ({e}); delete it to snapshot again"
+            ),
+        }),
+        None => Ok(SlotState::default()),
+    }
+}
+
+/// Where the pipeline's replication slot stands against the server's WAL, for `weir status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotPosition {
+    pub slot: String,
+    pub exists: bool,
+    /// Whether a process (weir, or another client) streams from it now, and its walsender.
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    pub confirmed_lsn: Option<String>,
+    pub current_lsn: String,
+    /// WAL between the server's current position and what the slot has confirmed.
+    pub lag_bytes: Option<i64>,
+    /// WAL the server keeps for the slot (from its restart position): what a stopped pipeline costs.
+    pub retained_wal_bytes: Option<i64>,
+    pub snapshot_completed: bool,
+}
+
+pub async fn slot_position(pipeline: &Pipeline) -> Result<SlotPosition> {
+    let slot = &pipeline.source.slot_name;
+    let (store, path) = slot_state_location(pipeline)?;
+    let state = read_slot_state(pipeline, &*store, &path).await?;
+    let client = connect(&pipeline.source.connection).await?;
+    let current: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(pg("reading the current WAL position"))?
+        .get(0);
+    let row = client
+        .query_opt(
+            "SELECT active, active_pid, confirmed_flush_lsn::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+        .map_err(pg(format!("reading the state of slot {slot}")))?;
+    let mut position = SlotPosition {
+        slot: slot.clone(),
+        exists: row.is_some(),
+        active: false,
+        active_pid: None,
+        confirmed_lsn: None,
+        current_lsn: current,
+        lag_bytes: None,
+        retained_wal_bytes: None,
+        snapshot_completed: state.snapshot_completed,
+    };
+    if let Some(row) = row {
+        position.active = row.get(0);
+        position.active_pid = row.get(1);
+        position.confirmed_lsn = row.get(2);
+        position.lag_bytes = row.get(3);
+        position.retained_wal_bytes = row.get(4);
+    }
+    Ok(position)
+}
+
 /// Runs capture. With `until_current`, stops once everything committed before the call has been
 /// sent and acknowledged (a triggered run); otherwise streams until `stop` is cancelled.
 pub async fn run(
@@ -179,18 +263,8 @@ async fn capture(
     transport::ensure_topics(&pipeline.kafka, &topics).await?;
     producer.connect(&topics).await?;
 
-    let (state_store, state_root) = storage::open(&pipeline.state_location)?;
-    let state_path = state_root
-        .clone()
-        .join("source")
-        .join(format!("{}.json", src.slot_name));
-    let state: SlotState = match storage::get(&*state_store, &state_path).await? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SourceError::Replication {
-            slot: src.slot_name.clone(),
-            message: format!("weir's progress record {state_path} is unreadable ({e}); delete it to snapshot again"),
-        })?,
-        None => SlotState::default(),
-    };
+    let (state_store, state_path) = slot_state_location(pipeline)?;
+    let state = read_slot_state(pipeline, &*state_store, &state_path).await?;
     let slot_exists = slot_exists(&client, &src.slot_name).await?;
     let mut report = CaptureReport::default();
     if src.snapshot_mode == SnapshotMode::InitialOnly && state.snapshot_completed {
@@ -410,6 +484,12 @@ async fn stream_changes(
             }
             EventType::Commit { end_lsn, .. } => {
                 report.transactions += 1;
+                let m = crate::observe::metrics();
+                m.batches.with_label_values(&["capture"]).inc();
+                let behind_ms = chrono::Utc::now().timestamp_millis() - tx.commit_ts_ms;
+                m.capture_behind_source_seconds
+                    .with_label_values(&[&slot])
+                    .set(behind_ms.max(0) as f64 / 1000.0);
                 if !confirm_after(acks, end_lsn.value(), &mut deliveries).await {
                     return Ok(None);
                 }
@@ -479,7 +559,13 @@ async fn stream_changes(
             }
             _ => continue,
         };
-        report.changes += records.iter().filter(|r| r.value.is_some()).count() as u64;
+        let changes = records.iter().filter(|r| r.value.is_some()).count() as u64;
+        report.changes += changes;
+        let m = crate::observe::metrics();
+        m.rows_in.with_label_values(&["capture"]).inc_by(changes);
+        m.rows_out
+            .with_label_values(&["capture"])
+            .inc_by(records.len() as u64);
         deliveries.extend(send_all(producer, records));
         if deliveries.len() >= COLLECT_DELIVERIES_EVERY {
             while let Some(Some(delivery)) = deliveries.next().now_or_never() {

@@ -76,6 +76,16 @@ pub enum WasmError {
 
 pub type Result<T, E = WasmError> = std::result::Result<T, E>;
 
+impl WasmError {
+    /// The stage whose component failed, once the component serves one.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            Self::Configure { stage, .. } | Self::Batch { stage, .. } => Some(stage),
+            _ => None,
+        }
+    }
+}
+
 /// Which WIT world a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
@@ -320,10 +330,20 @@ impl Transform {
         let limits = self.loaded.host.limits;
         arm(&mut self.store, limits);
         let (instance, store) = (&self.instance, &mut self.store);
+        let started = std::time::Instant::now();
         let outcome = outside_async(|| match instance {
             Instance::Row(i) => i.call_transform(&mut *store, &input),
             Instance::Agg(i) => i.call_aggregate(&mut *store, &input),
         });
+        let component_name = component.display().to_string();
+        let labels = [self.stage.as_str(), component_name.as_str()];
+        let m = crate::observe::metrics();
+        m.wasm_call_seconds
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if outcome.is_err() {
+            m.wasm_traps.with_label_values(&labels).inc();
+        }
         let output = match outcome {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => {

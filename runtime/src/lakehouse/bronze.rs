@@ -9,25 +9,8 @@ pub(super) async fn bronze_pass(
     const STAGE: &str = "bronze";
     let location = &pipeline.bronze.layer.table;
     let mut table = open(STAGE, location).await?;
-    let (store, root) = storage::open(&pipeline.landing.location)?;
-    let files = landing::list_files(&*store, &root, &pipeline.bronze.source_table).await?;
-
-    // Per partition, the last Kafka offset already in bronze.
-    let mut done: BTreeMap<i32, i64> = BTreeMap::new();
-    let partitions: std::collections::BTreeSet<i32> = files.iter().map(|f| f.partition).collect();
-    for p in partitions {
-        let app = format!("{}:p{p}", app_id(pipeline, STAGE));
-        done.insert(
-            p,
-            txn_version(STAGE, location, &table, &app)
-                .await?
-                .unwrap_or(-1),
-        );
-    }
-    let pending: Vec<LandingFile> = files
-        .into_iter()
-        .filter(|f| f.last_offset > done.get(&f.partition).copied().unwrap_or(-1))
-        .collect();
+    let (store, _) = storage::open(&pipeline.landing.location)?;
+    let LandingProgress { pending, done } = landing_progress(pipeline, &table).await?;
 
     let mut report = LayerReport::default();
     let mut group: Vec<LandingFile> = Vec::new();
@@ -82,6 +65,38 @@ pub(super) async fn bronze_pass(
     }
     report.table_version = table.version();
     Ok(report)
+}
+
+/// Which landing files bronze has yet to take, and per partition the last Kafka offset it has.
+pub(super) struct LandingProgress {
+    pub pending: Vec<LandingFile>,
+    pub done: BTreeMap<i32, i64>,
+}
+
+pub(super) async fn landing_progress(
+    pipeline: &Pipeline,
+    bronze: &DeltaTable,
+) -> Result<LandingProgress> {
+    const STAGE: &str = "bronze";
+    let location = &pipeline.bronze.layer.table;
+    let (store, root) = storage::open(&pipeline.landing.location)?;
+    let files = landing::list_files(&*store, &root, &pipeline.bronze.source_table).await?;
+    let mut done: BTreeMap<i32, i64> = BTreeMap::new();
+    let partitions: std::collections::BTreeSet<i32> = files.iter().map(|f| f.partition).collect();
+    for p in partitions {
+        let app = format!("{}:p{p}", app_id(pipeline, STAGE));
+        done.insert(
+            p,
+            txn_version(STAGE, location, bronze, &app)
+                .await?
+                .unwrap_or(-1),
+        );
+    }
+    let pending = files
+        .into_iter()
+        .filter(|f| f.last_offset > done.get(&f.partition).copied().unwrap_or(-1))
+        .collect();
+    Ok(LandingProgress { pending, done })
 }
 
 /// Reads a landing file, keeping only the records after `after_offset` (already in bronze).

@@ -21,9 +21,7 @@ pub(super) async fn gold_pass(
     };
     let mut gold = open(&stage, location).await?;
     let app = app_id(pipeline, &stage);
-    let mut next = txn_version(&stage, location, &gold, &app)
-        .await?
-        .map_or(0, |v| v as u64 + 1);
+    let mut next = next_input_version(&stage, location, &gold, &app).await?;
     while next <= silver_latest {
         let end = (next + 9).min(silver_latest);
         let changes = read_changes(
@@ -105,6 +103,12 @@ pub(super) async fn rebuild_gold(
     let rows = ctx.read_table(provider).map_err(err)?;
     let schema = Arc::new(rows.schema().as_arrow().clone());
     let mut stream = rows.execute_stream().await.map_err(err)?;
+    let mut progress = crate::observe::Progress::start(
+        "rebuild",
+        stage.clone(),
+        stored_rows(&silver).unwrap_or(0),
+        0,
+    );
 
     let mut report = LayerReport::default();
     let mut deltas = Vec::new();
@@ -117,6 +121,7 @@ pub(super) async fn rebuild_gold(
             pending_rows += batch.num_rows();
             pending.push(batch);
         }
+        progress.set((report.rows_in + pending_rows) as u64);
         // Full chunks, then the rest; and one call even for an empty silver, as the component's
         // output gives the table's schema.
         if pending_rows >= ROWS_PER_COMMIT || (done && (pending_rows > 0 || deltas.is_empty())) {
@@ -294,4 +299,14 @@ async fn merge_gold(
         .await
         .map_err(delta_err(stage, location))?;
     record_progress_if_unchanged(stage, location, table, before_version, txns).await
+}
+
+/// The rows of a table by its files' statistics, for progress estimates.
+fn stored_rows(table: &DeltaTable) -> Option<u64> {
+    let files = table.snapshot().ok()?.add_actions_table(true).ok()?;
+    let counts = files
+        .column_by_name("num_records")?
+        .as_any()
+        .downcast_ref::<Int64Array>()?;
+    Some(counts.iter().flatten().sum::<i64>().max(0) as u64)
 }

@@ -39,9 +39,11 @@ use crate::wasm::{LoadedComponent, Transform, WasmError, WasmHost, World};
 mod bronze;
 mod gold;
 mod maintenance;
+mod position;
 mod silver;
 
 pub use maintenance::{MaintenanceReport, maintain};
+pub use position::{TablePosition, positions};
 
 use bronze::{bronze_pass, with_ingestion_metadata};
 use gold::{gold_pass, weigh};
@@ -78,6 +80,18 @@ pub enum LakehouseError {
 pub type Result<T, E = LakehouseError> = std::result::Result<T, E>;
 
 impl LakehouseError {
+    /// The layer the error happened in (`bronze`, `silver`, `gold.<name>`).
+    pub fn stage(&self) -> String {
+        match self {
+            Self::Delta { stage, .. }
+            | Self::Stage { stage, .. }
+            | Self::ExpectationFailed { stage, .. } => stage.clone(),
+            Self::Wasm(e) => e.stage().unwrap_or("layers").to_owned(),
+            // Landing files are read by bronze.
+            Self::Landing(_) | Self::Storage(_) => "bronze".to_owned(),
+        }
+    }
+
     /// Whether another writer committed to the table first (Delta's optimistic concurrency): the
     /// pass can run again on the new version, where its progress record tells what is left.
     pub fn is_commit_conflict(&self) -> bool {
@@ -109,6 +123,10 @@ macro_rules! retrying_conflicts {
             match $pass.await {
                 Err(e) if e.is_commit_conflict() && attempt < CONFLICT_RETRIES => {
                     attempt += 1;
+                    crate::observe::metrics()
+                        .delta_conflicts
+                        .with_label_values(&[&*$stage])
+                        .inc();
                     tracing::info!(stage = %$stage, attempt, error = %e, "another writer committed first; running the pass again");
                     // Spread the racers out a little, differently in each process.
                     let jitter = u64::from(std::process::id() % 7 + attempt) * 20;
@@ -142,6 +160,45 @@ pub struct LayerReport {
 }
 
 impl LayerReport {
+    /// Adds the pass's figures to the process's metrics.
+    fn record_metrics(&self, stage: &str, pipeline: &Pipeline) {
+        let m = crate::observe::metrics();
+        m.rows_in
+            .with_label_values(&[stage])
+            .inc_by(self.rows_in as u64);
+        m.rows_out
+            .with_label_values(&[stage])
+            .inc_by(self.rows_out as u64);
+        m.batches
+            .with_label_values(&[stage])
+            .inc_by(self.commits as u64);
+        m.delta_commits
+            .with_label_values(&[stage])
+            .inc_by(self.commits as u64);
+        m.dropped_rows
+            .with_label_values(&[stage])
+            .inc_by(self.dropped_by_expectations as u64);
+        if let Some(version) = self.table_version {
+            m.delta_version
+                .with_label_values(&[stage])
+                .set(version as i64);
+        }
+        for (rule, (passed, failed)) in &self.expectations {
+            let action = pipeline
+                .silver
+                .expectations
+                .iter()
+                .find(|e| e.name == *rule)
+                .map_or("", |e| e.on_violation.as_str());
+            m.expectation_rows
+                .with_label_values(&[rule.as_str(), action, "passed"])
+                .inc_by(*passed);
+            m.expectation_rows
+                .with_label_values(&[rule.as_str(), action, "failed"])
+                .inc_by(*failed);
+        }
+    }
+
     pub fn add(&mut self, other: &LayerReport) {
         self.rows_in += other.rows_in;
         self.rows_out += other.rows_out;
@@ -232,9 +289,13 @@ impl Layers {
         silver.counters = self.silver.take_counters();
         out.push(("silver".to_owned(), silver));
         for (name, transform) in &mut self.gold {
-            let mut gold = retrying_conflicts!(name, gold_pass(pipeline, name, transform))?;
+            let stage = format!("gold.{name}");
+            let mut gold = retrying_conflicts!(stage, gold_pass(pipeline, name, transform))?;
             gold.counters = transform.take_counters();
-            out.push((format!("gold.{name}"), gold));
+            out.push((stage, gold));
+        }
+        for (stage, report) in &out {
+            report.record_metrics(stage, pipeline);
         }
         Ok(out)
     }
@@ -459,6 +520,18 @@ async fn txn_version(
         .transaction_version(&table.log_store(), app_id)
         .await
         .map_err(delta_err(stage, location))
+}
+
+/// The first version of the layer below that the table at `location` has not taken in yet.
+async fn next_input_version(
+    stage: &str,
+    location: &str,
+    table: &DeltaTable,
+    app_id: &str,
+) -> Result<u64> {
+    Ok(txn_version(stage, location, table, app_id)
+        .await?
+        .map_or(0, |v| v as u64 + 1))
 }
 
 fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {

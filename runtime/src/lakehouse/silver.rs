@@ -20,9 +20,7 @@ pub(super) async fn silver_pass(
     };
     let mut silver = open(STAGE, silver_location).await?;
     let app = app_id(pipeline, STAGE);
-    let mut next = txn_version(STAGE, silver_location, &silver, &app)
-        .await?
-        .map_or(0, |v| v as u64 + 1);
+    let mut next = next_input_version(STAGE, silver_location, &silver, &app).await?;
     while next <= bronze_latest {
         // Bronze commits hold at most ROWS_PER_COMMIT rows; take a few at a time.
         let end = (next + 9).min(bronze_latest);

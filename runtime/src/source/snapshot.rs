@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -21,14 +21,12 @@ use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 use super::debezium::{EventBuilder, TableSchema};
 use super::{Delivery, Result, SourceError, connect, pg, quote_ident, quote_literal, send_all};
+use crate::observe::{Progress, metrics};
 use crate::transport::ChangeProducer;
 
 /// Chunks of one table being built or awaiting acknowledgement at once: enough to keep the
 /// server, the event builders and the broker busy together; memory holds this many chunks more.
 const CHUNKS_IN_FLIGHT: usize = 3;
-
-/// How often a table's snapshot progress is logged.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// How far a snapshot got, per `schema.table`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -116,6 +114,9 @@ where
             i + 1 == count,
         );
         deliveries.extend(send_all(snapshot.producer, [record]));
+    }
+    for counter in [&metrics().rows_in, &metrics().rows_out] {
+        counter.with_label_values(&["capture"]).inc_by(count as u64);
     }
     while let Some(delivery) = deliveries.next().await {
         delivery?;
@@ -233,10 +234,7 @@ where
     };
     let mut held: Option<SimpleQueryRow> = None;
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(CHUNKS_IN_FLIGHT + 1);
-    let rows_before = rows;
-    let started = Instant::now();
-    // The first report comes with the first chunk, then one every few seconds.
-    let mut last_report: Option<Instant> = None;
+    let mut progress_report = Progress::start("snapshot", &name, estimate, rows);
     let mut next_chunk = Some(fetch(chunk_query(last_key.as_ref())));
     while let Some(chunk) = next_chunk.take() {
         let messages = chunk.await.map_err(|e| SourceError::Postgres {
@@ -263,6 +261,11 @@ where
             batch.splice(0..0, held.replace(last));
         }
         rows += batch.len() as u64;
+        for counter in [&metrics().rows_in, &metrics().rows_out] {
+            counter
+                .with_label_values(&["capture"])
+                .inc_by(batch.len() as u64);
+        }
         let sent_key = batch.last().map(key_of);
         // Events are built on another worker while the next chunk is fetched and this loop goes on.
         let sending = tokio::spawn(send_rows(
@@ -284,16 +287,7 @@ where
         {
             settle(chunk, &name, !key_positions.is_empty(), &progress, save).await?;
         }
-        if last_report.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
-            last_report = Some(Instant::now());
-            let rate = (rows - rows_before) as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            let percent = if estimate > 0 {
-                (rows as f64 * 100.0 / estimate as f64).min(100.0) as u64
-            } else {
-                0
-            };
-            tracing::info!(table = %name, rows, estimate, percent, rows_per_second = rate as u64, "snapshot progress");
-        }
+        progress_report.set(rows);
     }
     while let Some(chunk) = in_flight.pop_front() {
         settle(chunk, &name, !key_positions.is_empty(), &progress, save).await?;

@@ -41,6 +41,8 @@ pub enum SourceError {
     Replication { slot: String, message: String },
     #[error("postgres: {0}")]
     Precondition(String),
+    #[error("replication slot {slot}: another process is capturing from it")]
+    SlotTaken { slot: String },
     #[error("table {table}: {message}")]
     Table { table: String, message: String },
     #[error(transparent)]
@@ -198,6 +200,11 @@ pub async fn run(
         match capture(pipeline, until_current, stop).await {
             Err(e) if !until_current && e.is_slot_in_use() && !stop.is_cancelled() => {
                 tracing::info!(slot = %pipeline.source.slot_name, "another process took the slot first; waiting again");
+                // The slot can be free while its capturer reads a snapshot: look again shortly.
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(CaptureReport::default()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
             other => return other,
         }
@@ -211,6 +218,7 @@ impl SourceError {
             Self::Replication { message, .. } | Self::Postgres { message, .. } => {
                 message.contains("is active for PID")
             }
+            Self::SlotTaken { .. } => true,
             _ => false,
         }
     }
@@ -255,6 +263,7 @@ async fn capture(
     let producer = ChangeProducer::new(&pipeline.kafka)?;
     let client = connect(&src.connection).await?;
     check_preconditions(&client, pipeline).await?;
+    take_capture_lock(&client, &src.slot_name).await?;
     let tables = resolve_tables(&client, src).await?;
     let schemas = load_schemas(&client, &tables).await?;
     ensure_publication(&client, pipeline, &tables).await?;
@@ -329,9 +338,10 @@ async fn capture(
                 stream
                     .exported_snapshot_name()
                     .map(str::to_owned)
-                    .ok_or_else(|| SourceError::Replication {
+                    // Only the slot's creator gets its snapshot: a process starting at the same
+                    // moment found the slot made by another, which now streams from it.
+                    .ok_or_else(|| SourceError::SlotTaken {
                         slot: src.slot_name.clone(),
-                        message: "the slot was created without an exported snapshot".into(),
                     })?,
             )
         } else {
@@ -704,6 +714,28 @@ async fn open_stream(
         .map_err(|e| replication_err(&src.slot_name, e))
 }
 
+/// Makes this session the slot's only capturer until it ends, crash included: PostgreSQL's
+/// advisory lock, keyed by the slot's name. The slot alone cannot say it: it is free while a
+/// snapshot is being read or resumed, before streaming starts, so two processes starting together
+/// would both snapshot.
+async fn take_capture_lock(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    let taken: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('weir capture ' || $1, 0))",
+            &[&slot],
+        )
+        .await
+        .map_err(pg(format!("locking capture on slot {slot}")))?
+        .get(0);
+    if taken {
+        Ok(())
+    } else {
+        Err(SourceError::SlotTaken {
+            slot: slot.to_owned(),
+        })
+    }
+}
+
 async fn check_preconditions(client: &tokio_postgres::Client, pipeline: &Pipeline) -> Result<()> {
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
@@ -717,7 +749,11 @@ async fn check_preconditions(client: &tokio_postgres::Client, pipeline: &Pipelin
     }
     let can_replicate: bool = client
         .query_one(
-            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            // Amazon RDS grants replication through membership in its `rds_replication` role
+            // rather than the attribute.
+            "SELECT rolreplication OR rolsuper
+                    OR coalesce(pg_has_role(current_user, (SELECT oid FROM pg_roles WHERE rolname = 'rds_replication'), 'MEMBER'), false)
+             FROM pg_roles WHERE rolname = current_user",
             &[],
         )
         .await
@@ -725,7 +761,7 @@ async fn check_preconditions(client: &tokio_postgres::Client, pipeline: &Pipelin
         .get(0);
     if !can_replicate {
         return Err(SourceError::Precondition(
-            "the connecting user lacks the REPLICATION attribute (ALTER ROLE … WITH REPLICATION)"
+            "the connecting user lacks the REPLICATION attribute (ALTER ROLE … WITH REPLICATION; on Amazon RDS, GRANT rds_replication TO the user)"
                 .into(),
         ));
     }

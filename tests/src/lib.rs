@@ -286,6 +286,20 @@ config = {{ group_by = ["date", "country"] }}
     }
 }
 
+/// A pipeline file's text made fit for tests that kill weir processes:
+/// - a killed process's landing consumer leaves its group after 6 s instead of Kafka's default 45 s,
+///   so the partitions it held go to a live process soon;
+/// - one record per producer batch, because the test broker (tansu 0.6) answers a fetch that
+///   starts inside a record batch with nothing until the next batch, where Kafka returns the batch
+///   holding the offset; a landing consumer resuming from a committed offset inside a batch would
+///   otherwise skip the rest of it on tansu.
+pub fn killable(text: String) -> String {
+    text.replace(
+        "[landing]",
+        "[kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\"batch.num.messages\" = \"1\"\n\n[landing]",
+    )
+}
+
 /// One record of a change topic: its key and value as JSON (`None` for a tombstone's value).
 #[derive(Debug, Clone)]
 pub struct TopicRecord {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use weir_tests::{
-    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, eventually, weir_binary,
+    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, eventually, killable,
+    weir_binary,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,18 +168,10 @@ async fn a_second_capturing_process_waits_and_takes_over_when_the_first_dies() -
 /// (Checked with a plain rdkafka consumer: 100 records in one batch, a fetch from offset 50
 /// receives nothing, one from 0 receives all.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6 skips the rest of a record batch when fetching from its middle (issue 7)"]
 async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
     let t = TestPipeline::new("second_signal").await?;
     t.load_sample().await?;
-    // The killed process's landing consumer stays in its group until its session times out
-    // (45 s by default) before the next run can take its partitions.
-    let pipeline = t.pipeline_with(|text| {
-        text.replace(
-            "[landing]",
-            "[kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\n[landing]",
-        )
-    })?;
+    let pipeline = t.pipeline_with(killable)?;
     let log_path = t.dir.path().join("weir.log");
     let mut weir = tokio::process::Command::new(weir_binary()?)
         .arg("run")

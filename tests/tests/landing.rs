@@ -52,3 +52,54 @@ async fn files_roll_by_age_even_while_events_keep_coming() -> Result<()> {
     assert_cover_once(&files, 20);
     Ok(())
 }
+
+/// A landing pass killed after writing a file but before committing its offsets leaves that file;
+/// the next pass may cut the same offsets into files with other boundaries. Bronze takes each
+/// offset once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bronze_takes_overlapping_landing_files_once() -> Result<()> {
+    use weir::pipeline::Stage;
+    let t = TestPipeline::new("landing_overlap").await?;
+    let events = t.load_sample().await? as usize;
+    let pipeline = t.pipeline_with(|text| {
+        text.replace("[landing]\n", "[landing]\nmax_rows_per_file = 500\n")
+    })?;
+    weir::pipeline::run_stages_triggered(&pipeline, &[Stage::Capture, Stage::Landing]).await?;
+    let (store, root) = weir::storage::open(&pipeline.landing.location)?;
+    let files = weir::landing::list_files(&*store, &root, "public.onlineshop").await?;
+    let (first, second) = (&files[0], &files[1]);
+    // What a crashed pass could have left: one file over the first two files' offsets.
+    let mut rows = Vec::new();
+    for f in [first, second] {
+        let bytes = weir::storage::get(&*store, &f.path).await?.expect("landed");
+        let reader =
+            deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes,
+            )?
+            .build()?;
+        for batch in reader {
+            rows.push(batch?);
+        }
+    }
+    let merged = arrow::compute::concat_batches(&rows[0].schema(), &rows)?;
+    let name = format!(
+        "0-{:020}-{:020}.parquet",
+        first.first_offset, second.last_offset
+    );
+    let mut parts: Vec<_> = first.path.parts().collect();
+    parts.pop();
+    let overlapping = deltalake::Path::from_iter(parts).child(name);
+    let mut parquet = Vec::new();
+    let mut writer =
+        deltalake::parquet::arrow::ArrowWriter::try_new(&mut parquet, merged.schema(), None)?;
+    writer.write(&merged)?;
+    writer.close()?;
+    weir::storage::put(&*store, &overlapping, parquet).await?;
+
+    weir::pipeline::run_stages_triggered(&pipeline, &[Stage::Layers]).await?;
+    let bronze = weir_tests::Tables::InProcess(&pipeline)
+        .rows("SELECT count(*), count(DISTINCT kafka_offset) FROM bronze")
+        .await?;
+    assert_eq!(bronze, vec![vec![events.to_string(), events.to_string()]]);
+    Ok(())
+}

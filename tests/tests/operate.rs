@@ -13,6 +13,16 @@ use weir_tests::{
     weir_binary, weir_ok,
 };
 
+/// The test pipeline's stages, as status names them.
+const STAGES: [&str; 6] = [
+    "capture",
+    "landing",
+    "bronze",
+    "silver",
+    "gold.sales_report",
+    "gold.daily_revenue_by_country",
+];
+
 /// A port nothing listens on now.
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -274,14 +284,7 @@ async fn a_running_pipeline_serves_metrics_health_status_and_its_page() -> Resul
     let served: Value = serde_json::from_str(&served)?;
     let path = t.pipeline_path().display().to_string();
     let printed: Value = serde_json::from_str(&weir_ok(&["status", &path, "--json"], &[]).await?)?;
-    for name in [
-        "capture",
-        "landing",
-        "bronze",
-        "silver",
-        "gold.sales_report",
-        "gold.daily_revenue_by_country",
-    ] {
+    for name in STAGES {
         let (s, p) = (stage(&served, name)?, stage(&printed, name)?);
         for field in ["version", "lag_unit", "reads", "writes", "component"] {
             ensure!(
@@ -309,13 +312,7 @@ async fn a_running_pipeline_serves_metrics_health_status_and_its_page() -> Resul
     // The page, once its script has run, shows what status and the metrics say.
     let dom = page_dom(port).await?;
     let cards = page_stages(&dom)?;
-    for name in [
-        "capture",
-        "landing",
-        "bronze",
-        "silver",
-        "gold.sales_report",
-    ] {
+    for name in STAGES {
         let card = cards
             .get(name)
             .with_context(|| format!("the page has no {name} card:\n{dom}"))?;
@@ -359,18 +356,12 @@ async fn a_running_pipeline_serves_metrics_health_status_and_its_page() -> Resul
 
     // Stopped: `weir status` still reads every stage's position.
     let table = weir_ok(&["status", &path], &[]).await?;
-    for name in [
-        "capture",
-        "landing",
-        "bronze",
-        "silver",
-        "gold.sales_report",
-    ] {
+    for name in STAGES {
         ensure!(table.contains(name), "no {name} row:\n{table}");
     }
     let printed: Value = serde_json::from_str(&weir_ok(&["status", &path, "--json"], &[]).await?)?;
     ensure!(stage(&printed, "capture")?["details"]["active"] == false);
-    for name in ["landing", "bronze", "silver", "gold.sales_report"] {
+    for name in &STAGES[1..] {
         ensure!(
             stage(&printed, name)?["state"] == "caught up",
             "{name}:\n{table}"

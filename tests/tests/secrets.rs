@@ -1,5 +1,6 @@
 //! Secrets never appear in what weir prints: the PostgreSQL password and Kafka's SASL password,
-//! in debug logs (text and JSON) of a successful run, and in the errors of a failing one.
+//! in debug logs (text and JSON) of a successful run, in the errors of a failing one, and in
+//! `weir status`.
 
 use anyhow::{Result, ensure};
 use weir_tests::{TestPipeline, run_weir};
@@ -45,6 +46,16 @@ async fn passwords_stay_out_of_logs_reports_and_errors() -> Result<()> {
     let failed = run_weir(&["run", &file, "--triggered"], &debug).await?;
     ensure!(!failed.status.success(), "a run against port 1 succeeded");
     outputs.push(failed);
+    // `weir status`, which shows the error that run stopped on and the unreachable source.
+    for args in [vec!["status", &file], vec!["status", &file, "--json"]] {
+        let status = run_weir(&args, &debug).await?;
+        let printed = String::from_utf8_lossy(&status.stdout).into_owned();
+        ensure!(
+            status.status.success() && printed.contains("capture"),
+            "{printed}"
+        );
+        outputs.push(status);
+    }
 
     for output in &outputs {
         for stream in [&output.stdout, &output.stderr] {

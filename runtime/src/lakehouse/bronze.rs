@@ -10,7 +10,7 @@ pub(super) async fn bronze_pass(
     let location = &pipeline.bronze.layer.table;
     let mut table = open(STAGE, location).await?;
     let (store, _) = storage::open(&pipeline.landing.location)?;
-    let LandingProgress { pending, done } = landing_progress(pipeline, &table).await?;
+    let LandingProgress { pending, mut done } = landing_progress(pipeline, &table).await?;
 
     let mut report = LayerReport::default();
     let mut group: Vec<LandingFile> = Vec::new();
@@ -31,6 +31,13 @@ pub(super) async fn bronze_pass(
         let label = format!(
             "{} (partition {}, offsets {first_offset}-{})",
             file.path, file.partition, file.last_offset
+        );
+        // A landing pass cut short can leave a file that a later pass rewrote with other
+        // boundaries: files come in offset order, and each offset is taken once.
+        done.insert(
+            file.partition,
+            file.last_offset
+                .max(done.get(&file.partition).copied().unwrap_or(-1)),
         );
         if input.num_rows() > 0 {
             match transform.call(&input, &label) {

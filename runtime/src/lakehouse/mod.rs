@@ -622,7 +622,7 @@ async fn create_table(
     let delta_schema: StructType = (&arrow_schema)
         .try_into_kernel()
         .map_err(|e| stage_err(stage, e))?;
-    table
+    let created = table
         .create()
         .with_columns(delta_schema.fields().cloned())
         .with_partition_columns(partition_by.iter().cloned())
@@ -631,7 +631,15 @@ async fn create_table(
         .with_raise_if_key_not_exists(false)
         .with_save_mode(SaveMode::Ignore)
         .await
-        .map_err(delta_err(stage, location))
+        .map_err(delta_err(stage, location))?;
+    // Another writer created the table first and committed to it: what this pass read as "no
+    // progress yet" is stale, so the pass must run again on the table as it is.
+    match created.version() {
+        Some(version) if version > 0 => Err(delta_err(stage, location)(
+            DeltaTableError::VersionAlreadyExists(version),
+        )),
+        _ => Ok(created),
+    }
 }
 
 /// Properties of a layer's table: its change feed (which the next layer reads), and its medallion

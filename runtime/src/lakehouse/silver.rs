@@ -739,7 +739,7 @@ fn warn_unkeyed(rows: usize, cfg: &SilverConfig) {
     }
 }
 
-/// The keyed changes newer than their key's tombstone and than the latest truncate.
+/// The keyed changes at least as new as their key's tombstone, and newer than the latest truncate.
 async fn drop_superseded(
     ctx: &SessionContext,
     keyed: RecordBatch,
@@ -771,8 +771,10 @@ async fn drop_superseded(
          LEFT JOIN (SELECT {keys}, {sequence} FROM tombstones WHERE NOT {TRUNCATE_FLAG}) t ON {same_key} \
          LEFT JOIN (SELECT 1 AS __one, {sequence} FROM tombstones WHERE {TRUNCATE_FLAG} \
                     ORDER BY {newest_first} LIMIT 1) w ON w.__one = 1 \
-         WHERE (t.{first_key} IS NULL OR {}) AND (w.__one IS NULL OR {})",
-        sequence_newer(&cfg.sequence_by, "c", "t"),
+         WHERE (t.{first_key} IS NULL OR NOT {}) AND (w.__one IS NULL OR {})",
+        // A delete whose tombstone a pass recorded before losing its silver commit (to a crash
+        // or another writer) is as new as its tombstone, and must still reach silver.
+        sequence_newer(&cfg.sequence_by, "t", "c"),
         sequence_newer(&cfg.sequence_by, "c", "w"),
     );
     let kept = sql_batch(ctx, &sql).await?;
@@ -885,6 +887,7 @@ async fn record_tombstones(
         .read_batch(rows.clone())
         .map_err(|e| stage_err(STAGE, e))?;
     let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
+    let newer = sequence_newer(&cfg.sequence_by, "source", "target");
     let (table, _) = tombstones
         .merge(
             source,
@@ -892,15 +895,16 @@ async fn record_tombstones(
         )
         .with_source_alias("source")
         .with_target_alias("target")
+        // Only newer changes move a tombstone: a pass working from an older view of bronze
+        // (another writer's, or its own before a retry) must not undo a later delete's.
         .when_matched_update(|u| {
-            cfg.sequence_by
-                .iter()
-                .fold(u.predicate(format!("source.{DELETE_FLAG}")), |u, c| {
-                    u.update(Column::from_name(c.as_str()), src(c))
-                })
+            cfg.sequence_by.iter().fold(
+                u.predicate(format!("source.{DELETE_FLAG} AND {newer}")),
+                |u, c| u.update(Column::from_name(c.as_str()), src(c)),
+            )
         })
         .map_err(delta_err(STAGE, location))?
-        .when_matched_delete(|d| d.predicate(format!("NOT source.{DELETE_FLAG}")))
+        .when_matched_delete(|d| d.predicate(format!("NOT source.{DELETE_FLAG} AND {newer}")))
         .map_err(delta_err(STAGE, location))?
         .when_not_matched_insert(|i| {
             insert_from_source(

@@ -311,6 +311,24 @@ async fn a_running_pipeline_serves_metrics_health_status_and_its_page() -> Resul
 
     // The page, once its script has run, shows what status and the metrics say.
     let dom = page_dom(port).await?;
+    // To look at it: WEIR_PAGE_SCREENSHOT=/tmp/page.png cargo test -p weir-tests --test operate
+    if let Some(path) = std::env::var_os("WEIR_PAGE_SCREENSHOT") {
+        tokio::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=5000",
+            ])
+            .arg("--window-size=1700,700")
+            .arg(format!(
+                "--screenshot={}",
+                std::path::Path::new(&path).display()
+            ))
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .await?;
+    }
     let cards = page_stages(&dom)?;
     for name in STAGES {
         let card = cards

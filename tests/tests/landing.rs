@@ -88,7 +88,7 @@ async fn bronze_takes_overlapping_landing_files_once() -> Result<()> {
     );
     let mut parts: Vec<_> = first.path.parts().collect();
     parts.pop();
-    let overlapping = deltalake::Path::from_iter(parts).child(name);
+    let overlapping = deltalake::Path::from_iter(parts).join(name);
     let mut parquet = Vec::new();
     let mut writer =
         deltalake::parquet::arrow::ArrowWriter::try_new(&mut parquet, merged.schema(), None)?;

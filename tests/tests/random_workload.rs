@@ -40,7 +40,7 @@ fn insert(id: Option<u64>, r: &mut Random) -> String {
         t = if cancelled { "C" } else { "" },
         tx = 580_000 + r.below(5_000),
         day = r.below(20),
-        suffix = if product % 3 == 0 { "A" } else { "" },
+        suffix = if product.is_multiple_of(3) { "A" } else { "" },
         price = 1 + product % 9,
         cents = r.below(100),
         quantity = if cancelled { -(1 + r.below(5) as i64) } else { 1 + r.below(24) as i64 },

@@ -11,6 +11,7 @@
 
 mod debezium;
 mod snapshot;
+mod tls;
 pub mod types;
 
 use std::collections::HashMap;
@@ -25,7 +26,6 @@ use pg_walstream::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 
 pub use debezium::{EventBuilder, TableSchema};
 
@@ -74,7 +74,16 @@ fn describe_pg_error(e: &tokio_postgres::Error) -> String {
             }
             out
         }
-        None => e.to_string(),
+        None => {
+            // The cause (a TLS handshake's certificate error, a refused connection) is the useful part.
+            let mut out = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                out.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            out
+        }
     }
 }
 
@@ -666,9 +675,8 @@ fn replication_err(slot: &str, e: ReplicationError) -> SourceError {
 }
 
 async fn connect(connection: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(connection, NoTls)
-        .await
-        .map_err(pg("connecting"))?;
+    let (config, tls) = tls::connector(connection)?;
+    let (client, conn) = config.connect(tls).await.map_err(pg("connecting"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "postgres connection closed");

@@ -300,6 +300,59 @@ pub fn killable(text: String) -> String {
     )
 }
 
+/// A `weir run` process of a test, its standard error in a log file of the test's folder; killed
+/// when dropped.
+pub struct RunningWeir {
+    pub child: tokio::process::Child,
+    log_path: PathBuf,
+}
+
+impl RunningWeir {
+    /// `weir run <the test's pipeline file> <extra>`, logging to `<name>.log`, with `env` added.
+    pub fn start(
+        t: &TestPipeline,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let log_path = t.dir.path().join(format!("{name}.log"));
+        let child = tokio::process::Command::new(weir_binary()?)
+            .arg("run")
+            .arg(t.pipeline_path())
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self { child, log_path })
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGINT, then the time it took to exit 0 (at most 60 s).
+    pub async fn interrupt(&mut self) -> Result<std::time::Duration> {
+        let pid = self.child.id().context("weir exited early")?;
+        let started = std::time::Instant::now();
+        let signalled = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(signalled.success(), "could not signal weir");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(60), self.child.wait())
+            .await
+            .with_context(|| format!("no exit within 60 s of SIGINT\n{}", self.log()))??;
+        anyhow::ensure!(
+            status.success(),
+            "weir exited with {status}\n{}",
+            self.log()
+        );
+        Ok(started.elapsed())
+    }
+}
+
 /// One record of a change topic: its key and value as JSON (`None` for a tombstone's value).
 #[derive(Debug, Clone)]
 pub struct TopicRecord {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use weir_tests::{
-    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, eventually, killable,
-    weir_binary,
+    RunningWeir, TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source,
+    eventually, killable, weir_binary,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,22 +14,14 @@ async fn continuous_run_streams_live_changes_and_stops_cleanly_on_sigint() -> Re
     let t = TestPipeline::new("continuous").await?;
     t.load_sample().await?;
     let pipeline = t.pipeline()?;
-    let log_path = t.dir.path().join("weir.log");
-    let mut weir = tokio::process::Command::new(weir_binary()?)
-        .arg("run")
-        .arg(t.pipeline_path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path)?)
-        .kill_on_drop(true)
-        .spawn()?;
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut running = RunningWeir::start(&t, "weir", &[], &[])?;
 
     // The snapshot arrives in silver while the process keeps running.
     eventually(Duration::from_secs(120), || {
         assert_silver_equals_source(&t, &pipeline)
     })
     .await
-    .with_context(log)?;
+    .with_context(|| running.log())?;
 
     // Changes made while it runs reach silver and gold without a restart.
     t.db.batch_execute(
@@ -49,18 +41,10 @@ async fn continuous_run_streams_live_changes_and_stops_cleanly_on_sigint() -> Re
         assert_gold_equals_group_by(&t, &pipeline).await
     })
     .await
-    .with_context(log)?;
+    .with_context(|| running.log())?;
 
     // SIGINT: drain, checkpoint, exit 0, leaving the slot confirmed past the changes.
-    let pid = weir.id().context("weir exited early")?;
-    let signalled = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()?;
-    ensure!(signalled.success(), "could not signal weir");
-    let status = tokio::time::timeout(Duration::from_secs(60), weir.wait())
-        .await
-        .with_context(|| format!("weir did not stop within 60 s of SIGINT\n{}", log()))??;
-    ensure!(status.success(), "weir exited with {status}\n{}", log());
+    running.interrupt().await?;
     let confirmed_past_changes: bool = t
         .db
         .query_one(
@@ -72,7 +56,7 @@ async fn continuous_run_streams_live_changes_and_stops_cleanly_on_sigint() -> Re
     ensure!(
         confirmed_past_changes,
         "the slot was not confirmed past the streamed changes\n{}",
-        log()
+        running.log()
     );
     Ok(())
 }
@@ -172,25 +156,17 @@ async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
     let t = TestPipeline::new("second_signal").await?;
     t.load_sample().await?;
     let pipeline = t.pipeline_with(killable)?;
-    let log_path = t.dir.path().join("weir.log");
-    let mut weir = tokio::process::Command::new(weir_binary()?)
-        .arg("run")
-        .arg(t.pipeline_path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path)?)
-        .kill_on_drop(true)
-        .spawn()?;
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut running = RunningWeir::start(&t, "weir", &[], &[])?;
     eventually(Duration::from_secs(60), || async {
         ensure!(t.slot_is_streaming().await?, "not capturing yet");
         Ok(())
     })
     .await
-    .with_context(log)?;
+    .with_context(|| running.log())?;
     t.db.batch_execute("UPDATE onlineshop SET quantity = quantity + 5 WHERE id % 3 = 0")
         .await?;
 
-    let pid = weir.id().context("weir exited early")?.to_string();
+    let pid = running.child.id().context("weir exited early")?.to_string();
     for _ in 0..2 {
         let signalled = std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -198,18 +174,18 @@ async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
         ensure!(signalled.success(), "could not signal weir");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = tokio::time::timeout(Duration::from_secs(5), weir.wait())
+    let status = tokio::time::timeout(Duration::from_secs(5), running.child.wait())
         .await
         .with_context(|| {
             format!(
                 "weir did not exit within 5 s of the second signal\n{}",
-                log()
+                running.log()
             )
         })??;
     ensure!(
         status.code() == Some(130) || status.success(),
         "exited with {status}\n{}",
-        log()
+        running.log()
     );
 
     weir::pipeline::run_triggered(&pipeline).await?;

@@ -3,14 +3,13 @@
 //! pipeline.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use weir_tests::{
-    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, eventually,
-    weir_binary, weir_ok,
+    RunningWeir, TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source,
+    eventually, weir_binary, weir_ok,
 };
 
 /// The test pipeline's stages, as status names them.
@@ -48,51 +47,6 @@ listen = "127.0.0.1:{port}"
 stalled_after_s = {stalled_after_s}
 "#
     )
-}
-
-struct Running {
-    child: tokio::process::Child,
-    log_path: std::path::PathBuf,
-}
-
-impl Running {
-    fn start(t: &TestPipeline, extra: &[&str]) -> Result<Self> {
-        let log_path = t.dir.path().join(format!("weir-{}.log", extra.join("-")));
-        let child = tokio::process::Command::new(weir_binary()?)
-            .arg("run")
-            .arg(t.pipeline_path())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .kill_on_drop(true)
-            .spawn()?;
-        Ok(Self { child, log_path })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// SIGINT, then the time it took to exit 0.
-    async fn interrupt(mut self) -> Result<Duration> {
-        let pid = self.child.id().context("weir exited early")?;
-        let started = Instant::now();
-        ensure!(
-            std::process::Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status()?
-                .success()
-        );
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .with_context(|| format!("no exit within 60 s of SIGINT\n{}", self.log()))??;
-        ensure!(
-            status.success(),
-            "weir exited with {status}\n{}",
-            self.log()
-        );
-        Ok(started.elapsed())
-    }
 }
 
 async fn get(port: u16, path: &str) -> Result<(u16, String)> {
@@ -195,7 +149,7 @@ async fn a_running_pipeline_serves_metrics_health_status_and_its_page() -> Resul
         .await?;
     let port = free_port()?;
     let pipeline = t.pipeline_with(|text| observed(text, port, 60))?;
-    let weir = Running::start(&t, &[])?;
+    let mut weir = RunningWeir::start(&t, "weir", &[], &[])?;
     // The snapshot through silver first (its rule dropping one row), so that the changes below
     // are streamed and applied on top.
     eventually(Duration::from_secs(120), || async {
@@ -393,7 +347,12 @@ async fn health_names_the_stage_that_is_behind() -> Result<()> {
     let port = free_port()?;
     t.pipeline_with(|text| observed(text, port, 1))?;
     // Nothing runs the layers: landing files wait for bronze.
-    let weir = Running::start(&t, &["--stages", "capture,landing"])?;
+    let mut weir = RunningWeir::start(
+        &t,
+        "weir-capture-landing",
+        &["--stages", "capture,landing"],
+        &[],
+    )?;
     let body: Value = eventually(Duration::from_secs(90), || async {
         let (code, body) = get(port, "/health").await?;
         ensure!(code == 503, "/health answered {code}: {body}");

@@ -2,27 +2,15 @@
 //! splits the topic's partitions, the layers race on Delta commits and retry the ones they lose,
 //! and exactly one process holds the replication slot. Killing one loses nothing.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use weir_tests::{
-    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, eventually, killable,
-    weir_binary,
+    RunningWeir, TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source,
+    eventually, killable,
 };
 
-struct Process {
-    child: tokio::process::Child,
-    log_path: std::path::PathBuf,
-}
-
-impl Process {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-fn logs(processes: &[Process]) -> String {
+fn logs(processes: &[RunningWeir]) -> String {
     processes
         .iter()
         .enumerate()
@@ -100,23 +88,15 @@ async fn three_processes_share_the_pipeline_and_one_killed_loses_nothing() -> Re
     })?;
     let mut processes = Vec::new();
     for i in 0..3 {
-        let log_path = t.dir.path().join(format!("weir-{i}.log"));
-        let child = tokio::process::Command::new(weir_binary()?)
-            .arg("run")
-            .arg(t.pipeline_path())
-            .env(
-                "WEIR_LOG",
-                "warn,weir=info,buoyant_kernel=off,deltalake_core=off",
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .kill_on_drop(true)
-            .spawn()?;
-        processes.push(Process { child, log_path });
+        let quiet = (
+            "WEIR_LOG",
+            "warn,weir=info,buoyant_kernel=off,deltalake_core=off",
+        );
+        processes.push(RunningWeir::start(&t, &format!("weir-{i}"), &[], &[quiet])?);
     }
 
     // One captures; the other two wait for the slot.
-    let waiting = |p: &Process| p.log().contains("waiting to take over");
+    let waiting = |p: &RunningWeir| p.log().contains("waiting to take over");
     eventually(Duration::from_secs(90), || async {
         ensure!(t.slot_is_streaming().await?, "nobody captures yet");
         let n = processes.iter().filter(|p| waiting(p)).count();

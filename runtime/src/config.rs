@@ -52,6 +52,9 @@ pub struct Pipeline {
     /// Where a batch a layer's component fails on goes (as Parquet, with its error beside it) so
     /// the layer can go on; without it, such a batch stops the pipeline.
     pub dead_letter_location: Option<String>,
+    /// How often a continuous run's idle bronze layer looks for new landing files (silver and
+    /// gold start as soon as the layer before them commits).
+    pub trigger_interval_ms: u64,
     /// Source text, kept to turn key spans into line numbers for later checks (`weir validate`).
     text: String,
 }
@@ -345,6 +348,7 @@ struct RawPipeline {
     name: Spanned<String>,
     state_location: Option<Spanned<String>>,
     dead_letter_location: Option<Spanned<String>>,
+    trigger_interval_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -408,8 +412,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct RawKafka {
     bootstrap_servers: Spanned<String>,
-    #[serde(default = "default_topic_prefix")]
-    topic_prefix: String,
+    topic_prefix: Option<Spanned<String>>,
     group_id: Option<String>,
     #[serde(default)]
     topic_creation: TopicCreation,
@@ -417,9 +420,6 @@ struct RawKafka {
     options: BTreeMap<String, Spanned<String>>,
 }
 
-fn default_topic_prefix() -> String {
-    "postgres".into()
-}
 fn one() -> i32 {
     1
 }
@@ -511,35 +511,23 @@ struct RawGold {
     count_column: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawWasm {
-    #[serde(default = "default_memory_mb")]
-    memory_limit_mb: usize,
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
-    fuel: Option<u64>,
+    memory_limit_mb: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    fuel: Option<Spanned<u64>>,
     #[serde(default)]
     allow_clocks: bool,
 }
 
-impl Default for RawWasm {
-    fn default() -> Self {
-        Self {
-            memory_limit_mb: default_memory_mb(),
-            timeout_ms: default_timeout_ms(),
-            fuel: None,
-            allow_clocks: false,
-        }
-    }
-}
-
-fn default_memory_mb() -> usize {
-    256
-}
-fn default_timeout_ms() -> u64 {
-    10_000
-}
+const DEFAULT_TRIGGER_INTERVAL_MS: u64 = 1_000;
+const DEFAULT_MEMORY_MB: u64 = 256;
+/// A 32-bit guest addresses at most 4 GiB.
+const MAX_MEMORY_MB: u64 = 4096;
+const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// A day: longer is a mistake, and far longer would overflow the epoch deadline.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
 impl Pipeline {
     /// Reads, parses and checks a pipeline file. Component files are checked by `weir validate`.
@@ -703,6 +691,32 @@ impl Pipeline {
                 ColumnSelection::AllExcept(except.map(Spanned::into_inner).unwrap_or_default())
             }
         };
+        // Each table has one writer: two layers on one location would overwrite each other.
+        let mut tables = TableClaims::default();
+        let bronze_layer = ctx.layer(
+            &raw.bronze.component,
+            &raw.bronze.table,
+            raw.bronze.config,
+            raw.bronze.partition_by,
+            "bronze",
+        )?;
+        tables.claim(&ctx, &bronze_layer.table, &raw.bronze.table, "bronze.table")?;
+        let silver_layer = ctx.layer(
+            &raw.silver.component,
+            &raw.silver.table,
+            raw.silver.config,
+            raw.silver.partition_by,
+            "silver",
+        )?;
+        tables.claim(&ctx, &silver_layer.table, &raw.silver.table, "silver.table")?;
+        let quarantine_table = match &raw.silver.quarantine_table {
+            Some(q) => {
+                let location = ctx.location(q, "silver.quarantine_table")?;
+                tables.claim(&ctx, &location, q, "silver.quarantine_table")?;
+                Some(location)
+            }
+            None => None,
+        };
         let mut gold = BTreeMap::new();
         for (gold_name, g) in raw.gold {
             let key = format!("gold.{gold_name}");
@@ -714,15 +728,34 @@ impl Pipeline {
                     "name at least one group column",
                 ));
             }
+            let layer = ctx.layer(&g.component, &g.table, g.config, Vec::new(), &key)?;
+            tables.claim(&ctx, &layer.table, &g.table, &format!("{key}.table"))?;
             gold.insert(
                 gold_name,
                 GoldConfig {
-                    layer: ctx.layer(&g.component, &g.table, g.config, Vec::new(), &key)?,
+                    layer,
                     keys,
                     count_column: g.count_column,
                 },
             );
         }
+
+        let wasm = ctx.wasm_limits(&raw.wasm)?;
+        let trigger_interval_ms = match &raw.pipeline.trigger_interval_ms {
+            Some(ms) if !(10..=3_600_000).contains(ms.get_ref()) => {
+                return Err(ctx.invalid(
+                    ms,
+                    "pipeline.trigger_interval_ms",
+                    &format!("{} is not between 10 and 3600000 ms", ms.get_ref()),
+                ));
+            }
+            Some(ms) => *ms.get_ref(),
+            None => DEFAULT_TRIGGER_INTERVAL_MS,
+        };
+        let topic_prefix = match &raw.kafka.topic_prefix {
+            Some(prefix) => ctx.topic_prefix(prefix)?,
+            None => "postgres".to_owned(),
+        };
 
         let slot_name = match &raw.source.slot_name {
             Some(s) => ctx.identifier(s, "source.slot_name")?,
@@ -760,7 +793,7 @@ impl Pipeline {
             kafka: KafkaConfig {
                 bootstrap_servers: ctx
                     .expand(&raw.kafka.bootstrap_servers, "kafka.bootstrap_servers")?,
-                topic_prefix: raw.kafka.topic_prefix,
+                topic_prefix,
                 group_id: raw.kafka.group_id.unwrap_or_else(|| format!("weir-{name}")),
                 topic_creation: raw.kafka.topic_creation,
                 options,
@@ -772,23 +805,11 @@ impl Pipeline {
                 max_file_age_ms: raw.landing.max_file_age_ms,
             },
             bronze: BronzeConfig {
-                layer: ctx.layer(
-                    &raw.bronze.component,
-                    &raw.bronze.table,
-                    raw.bronze.config,
-                    raw.bronze.partition_by,
-                    "bronze",
-                )?,
+                layer: bronze_layer,
                 source_table: bronze_source,
             },
             silver: SilverConfig {
-                layer: ctx.layer(
-                    &raw.silver.component,
-                    &raw.silver.table,
-                    raw.silver.config,
-                    raw.silver.partition_by,
-                    "silver",
-                )?,
+                layer: silver_layer,
                 keys: silver_keys,
                 sequence_by: raw.silver.sequence_by,
                 apply_as_deletes: raw.silver.apply_as_deletes,
@@ -799,22 +820,15 @@ impl Pipeline {
                 scd_type: silver_scd_type,
                 track_history,
                 max_changes_per_merge: raw.silver.max_changes_per_merge.max(1),
-                quarantine_table: match &raw.silver.quarantine_table {
-                    Some(q) => Some(ctx.location(q, "silver.quarantine_table")?),
-                    None => None,
-                },
+                quarantine_table,
             },
             gold,
-            wasm: WasmLimits {
-                memory_limit_bytes: raw.wasm.memory_limit_mb.saturating_mul(1 << 20),
-                timeout_ms: raw.wasm.timeout_ms,
-                fuel: raw.wasm.fuel,
-                allow_clocks: raw.wasm.allow_clocks,
-            },
+            wasm,
             maintenance: raw.maintenance,
             metrics: raw.metrics,
             state_location,
             dead_letter_location,
+            trigger_interval_ms,
             name,
             text,
         })
@@ -845,6 +859,25 @@ impl Pipeline {
             .lines()
             .position(|l| l.contains(needle))
             .map_or(0, |i| i + 1)
+    }
+}
+
+/// The table locations taken so far, and by which key.
+#[derive(Default)]
+struct TableClaims(BTreeMap<String, String>);
+
+impl TableClaims {
+    fn claim(&mut self, ctx: &Ctx, location: &str, at: &Spanned<String>, key: &str) -> Result<()> {
+        let normalized = location.trim_end_matches('/').to_owned();
+        if let Some(owner) = self.0.get(&normalized) {
+            return Err(ctx.invalid(
+                at,
+                key,
+                &format!("{location} is already {owner}: each layer needs a table of its own"),
+            ));
+        }
+        self.0.insert(normalized, key.to_owned());
+        Ok(())
     }
 }
 
@@ -949,6 +982,55 @@ impl Ctx<'_> {
         Ok(list.get_ref().clone())
     }
 
+    /// `[wasm]`, each limit within what the host can enforce.
+    fn wasm_limits(&self, raw: &RawWasm) -> Result<WasmLimits> {
+        let within = |value: Option<&Spanned<u64>>, key: &str, max: u64, unit: &str| match value {
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > max => Err(self.invalid(
+                v,
+                key,
+                &format!("{} is not between 1 and {max} {unit}", v.get_ref()),
+            )),
+            _ => Ok(value.map(|v| *v.get_ref())),
+        };
+        let memory_mb = within(
+            raw.memory_limit_mb.as_ref(),
+            "wasm.memory_limit_mb",
+            MAX_MEMORY_MB,
+            "MiB",
+        )?
+        .unwrap_or(DEFAULT_MEMORY_MB);
+        let timeout_ms = within(
+            raw.timeout_ms.as_ref(),
+            "wasm.timeout_ms",
+            MAX_TIMEOUT_MS,
+            "ms",
+        )?
+        .unwrap_or(DEFAULT_TIMEOUT_MS);
+        let fuel = within(raw.fuel.as_ref(), "wasm.fuel", u64::MAX, "units")?;
+        Ok(WasmLimits {
+            memory_limit_bytes: (memory_mb as usize) << 20, // at most 4096, checked above
+            timeout_ms,
+            fuel,
+            allow_clocks: raw.allow_clocks,
+        })
+    }
+
+    /// A prefix of Kafka topic names, as Debezium's `topic.prefix`: letters, digits, '.', '_', '-'.
+    fn topic_prefix(&self, prefix: &Spanned<String>) -> Result<String> {
+        let text = prefix.get_ref();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if text.is_empty() || text.len() > 200 || !text.chars().all(allowed) {
+            return Err(self.invalid(
+                prefix,
+                "kafka.topic_prefix",
+                &format!(
+                    "`{text}` is not a topic prefix: use up to 200 letters, digits, '.', '_' and '-'"
+                ),
+            ));
+        }
+        Ok(text.clone())
+    }
+
     fn layer(
         &self,
         component: &Spanned<String>,
@@ -1048,6 +1130,120 @@ count_column = "order_lines"
         assert!(err.contains("shop.toml"), "{err}");
         assert!(err.contains("sequnce_by"), "{err}");
         assert!(err.contains("line 24"), "{err}");
+    }
+
+    /// Malformed files: each error names the file and the line, and says what is wrong.
+    #[test]
+    fn malformed_files_are_refused_with_file_line_and_cause() {
+        let cases = [
+            // TOML syntax: an unclosed string.
+            (
+                MINIMAL.replace("name = \"shop\"", "name = \"shop"),
+                "line 3",
+                "",
+            ),
+            // A wrong type.
+            (
+                MINIMAL.replace("keys = [\"id\"]", "keys = \"id\""),
+                "line 23",
+                "keys",
+            ),
+            // A negative count.
+            (
+                MINIMAL.replace(
+                    "location = \"../lake/landing\"",
+                    "location = \"../lake/landing\"\nmax_rows_per_file = -5",
+                ),
+                "line 14",
+                "max_rows_per_file",
+            ),
+            // A required field missing.
+            (
+                MINIMAL.replace("bootstrap_servers = \"127.0.0.1:9092\"\n", ""),
+                "line 9",
+                "bootstrap_servers",
+            ),
+            // The same gold table twice.
+            (
+                format!(
+                    "{MINIMAL}\n[gold.sales]\ncomponent = \"g.wasm\"\ntable = \"x\"\nkeys = [\"p\"]\n"
+                ),
+                "line 31",
+                "sales",
+            ),
+        ];
+        assert_refused(&cases);
+    }
+
+    /// Each file is refused with an error naming the file, the line (`line`) and `names`.
+    fn assert_refused(cases: &[(String, &str, &str)]) {
+        for (text, line, names) in cases {
+            let err = parse(text).expect_err(names).to_string();
+            assert!(err.contains("shop.toml"), "{err}");
+            assert!(err.contains(line), "{line}: {err}");
+            assert!(err.contains(names), "{names}: {err}");
+        }
+    }
+
+    /// Values that parse but that weir cannot honour: each refused at its line, naming its key.
+    #[test]
+    fn hostile_values_are_refused_with_their_key_and_line() {
+        let with_wasm = |wasm: &str| format!("{MINIMAL}\n[wasm]\n{wasm}\n");
+        let cases = [
+            (
+                with_wasm("timeout_ms = 18446744073709551615"),
+                ":32:",
+                "wasm.timeout_ms",
+            ),
+            (with_wasm("timeout_ms = 0"), ":32:", "wasm.timeout_ms"),
+            (
+                with_wasm("memory_limit_mb = 0"),
+                ":32:",
+                "wasm.memory_limit_mb",
+            ),
+            (
+                with_wasm("memory_limit_mb = 1000000"),
+                ":32:",
+                "wasm.memory_limit_mb",
+            ),
+            (with_wasm("fuel = 0"), ":32:", "wasm.fuel"),
+            (
+                MINIMAL.replace(
+                    "name = \"shop\"",
+                    "name = \"shop\"\ntrigger_interval_ms = 0",
+                ),
+                ":4:",
+                "pipeline.trigger_interval_ms",
+            ),
+            (
+                MINIMAL.replace("9092\"", "9092\"\ntopic_prefix = \"shop/eu\""),
+                ":11:",
+                "kafka.topic_prefix",
+            ),
+            (
+                MINIMAL.replace("table = \"../lake/gold\"", "table = \"../lake/silver/\""),
+                ":27:",
+                "gold.sales.table",
+            ),
+            (
+                MINIMAL.replace(
+                    "keys = [\"id\"]",
+                    "keys = [\"id\"]\nquarantine_table = \"../lake/bronze\"",
+                ),
+                ":24:",
+                "silver.quarantine_table",
+            ),
+        ];
+        assert_refused(&cases);
+        let p = parse(&with_wasm(
+            "timeout_ms = 86400000\nmemory_limit_mb = 4096\nfuel = 1",
+        ))
+        .expect("limits at their bounds");
+        assert_eq!(p.wasm.memory_limit_bytes, 4 << 30);
+        assert_eq!(p.wasm.fuel, Some(1));
+        let p = parse(&MINIMAL.replace("9092\"", "9092\"\ntopic_prefix = \"eu.shop-1\""))
+            .expect("dots, dashes and underscores, as in Debezium");
+        assert_eq!(p.topic_for("public.t"), "eu.shop-1.public.t");
     }
 
     #[test]

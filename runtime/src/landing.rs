@@ -2,9 +2,10 @@
 //!
 //! This replaces the reference design's Stream Analytics job. Files are named
 //! `<landing>/<schema.table>/date=YYYY-MM-DD/<partition>-<first offset>-<last offset>.parquet`, a
-//! function of the offsets they hold (the date is the first record's Kafka timestamp), so rewriting
-//! a file after a crash replaces it rather than duplicating it. The group's offset is committed only
-//! after the file is stored: a crash in between rewrites the same file.
+//! function of the offsets they hold (the date is the first record's Kafka timestamp). The group's
+//! offset is committed only after the file is stored. A crash in between leaves a file whose events
+//! are landed again, maybe cut at other boundaries: the first file written for a partition after a
+//! start replaces any file that starts within its offsets, so no offset stays in two files.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -225,7 +226,14 @@ pub async fn run(
         out
     };
 
-    let mut report = LandingReport::default();
+    let mut lander = Lander {
+        consumer: &consumer,
+        store: &*store,
+        root: &root,
+        table: &pipeline.bronze.source_table,
+        report: LandingReport::default(),
+        written: BTreeMap::new(),
+    };
     let mut buffers: BTreeMap<(String, i32), Buffer> = BTreeMap::new();
     let mut position: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut stream = consumer.stream();
@@ -249,16 +257,31 @@ pub async fn run(
                     .or_insert_with(|| Buffer::new(&key.0, key.1));
                 match msg.payload() {
                     None => {
-                        report.tombstones += 1;
+                        lander.report.tombstones += 1;
                         buffer.skipped_to = Some(msg.offset());
                     }
-                    Some(payload) => buffer.push(&msg, payload)?,
+                    Some(payload) => match buffer.push(&msg, payload) {
+                        Ok(()) => {}
+                        // Kept with its error where the pipeline keeps failed batches, and
+                        // passed over: its offset is committed with the buffer's.
+                        Err(bad @ LandingError::BadEvent { .. })
+                            if pipeline.dead_letter_location.is_some() =>
+                        {
+                            dead_letter_event(pipeline, &msg, payload, &bad).await?;
+                            buffer.skipped_to = Some(
+                                buffer
+                                    .skipped_to
+                                    .map_or(msg.offset(), |s| s.max(msg.offset())),
+                            );
+                        }
+                        Err(e) => return Err(e),
+                    },
                 }
                 if buffer.full(&pipeline.landing) {
                     let buffer = buffers
                         .remove(&key)
                         .unwrap_or_else(|| Buffer::new(&key.0, key.1));
-                    flush(&consumer, &*store, &root, buffer, &mut report).await?;
+                    lander.flush(buffer).await?;
                 }
                 // Partitions that went quiet while others stay busy roll by age too.
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
@@ -270,10 +293,19 @@ pub async fn run(
                         .collect();
                     for key in aged {
                         if let Some(buffer) = buffers.remove(&key) {
-                            flush(&consumer, &*store, &root, buffer, &mut report).await?;
+                            lander.flush(buffer).await?;
                         }
                     }
                 }
+            }
+            Ok(Some(Err(e))) if transient(&e) => {
+                // librdkafka reconnects by itself; the buffers wait, their offsets uncommitted.
+                tracing::warn!(error = %e, "landing: the broker is unreachable for now; retrying");
+                crate::observe::metrics()
+                    .errors
+                    .with_label_values(&["landing"])
+                    .inc();
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Ok(Some(Err(e))) => {
                 return Err(TransportError::Kafka {
@@ -287,7 +319,7 @@ pub async fn run(
             Err(_elapsed) => {
                 // Idle: make what we hold durable, then see whether a triggered pass is done.
                 for (_, buffer) in std::mem::take(&mut buffers) {
-                    flush(&consumer, &*store, &root, buffer, &mut report).await?;
+                    lander.flush(buffer).await?;
                 }
                 if until_caught_up {
                     let committed = committed(&consumer);
@@ -304,9 +336,64 @@ pub async fn run(
         }
     }
     for (_, buffer) in std::mem::take(&mut buffers) {
-        flush(&consumer, &*store, &root, buffer, &mut report).await?;
+        lander.flush(buffer).await?;
     }
-    Ok(report)
+    Ok(lander.report)
+}
+
+/// Stores an event landing cannot read under `<dead_letter_location>/landing/<topic>/`, as the
+/// bytes the broker holds and its error beside them.
+async fn dead_letter_event(
+    pipeline: &Pipeline,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    payload: &[u8],
+    error: &LandingError,
+) -> Result<()> {
+    let Some(location) = &pipeline.dead_letter_location else {
+        return Ok(());
+    };
+    let mut record = serde_json::Map::new();
+    record.insert("stage".into(), "landing".into());
+    record.insert("topic".into(), msg.topic().into());
+    record.insert("partition".into(), msg.partition().into());
+    record.insert("offset".into(), msg.offset().into());
+    record.insert("error".into(), error.to_string().into());
+    storage::dead_letter(
+        location,
+        &["landing", msg.topic()],
+        &format!("{}-{:020}", msg.partition(), msg.offset()),
+        "event",
+        payload.to_vec(),
+        record,
+    )
+    .await?;
+    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), location = %location, error = %error, "event dead-lettered");
+    crate::observe::metrics()
+        .errors
+        .with_label_values(&["landing"])
+        .inc();
+    Ok(())
+}
+
+/// Whether a consumer error is the broker being away (restarting, a network blip, a leader moving),
+/// which librdkafka rides through by reconnecting, rather than something a retry cannot mend.
+fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e,
+        rdkafka::error::KafkaError::MessageConsumption(
+            Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+                | Code::NetworkException
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+                | Code::NotCoordinator
+                | Code::CoordinatorNotAvailable
+                | Code::CoordinatorLoadInProgress
+                | Code::LeaderNotAvailable
+                | Code::NotLeaderForPartition
+        )
+    )
 }
 
 /// Change events of one partition waiting to become a file.
@@ -513,82 +600,121 @@ pub fn rows_to_batch(rows: &[Value]) -> std::result::Result<RecordBatch, String>
         .unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 
-async fn flush(
-    consumer: &rdkafka::consumer::StreamConsumer,
-    store: &dyn ObjectStore,
-    root: &StorePath,
-    buffer: Buffer,
-    report: &mut LandingReport,
-) -> Result<()> {
-    let mut commit_to = buffer.skipped_to;
-    if !buffer.rows.is_empty() {
-        let encode_err = |message: String| LandingError::Encode {
-            topic: buffer.topic.clone(),
-            partition: buffer.partition,
-            first: buffer.first_offset,
-            last: buffer.last_offset,
-            message,
-        };
-        let batch = rows_to_batch(&buffer.rows).map_err(encode_err)?;
-        let bytes = write_parquet(&batch).map_err(|e| encode_err(e.to_string()))?;
-        let date = chrono::DateTime::from_timestamp_millis(buffer.first_timestamp_ms.unwrap_or(0))
-            .unwrap_or_default()
-            .format("%Y-%m-%d");
-        let table = buffer
-            .topic
-            .split_once('.')
-            .map_or(buffer.topic.as_str(), |(_, t)| t);
-        let path = root
-            .clone()
-            .join(table_folder(table))
-            .join(format!("date={date}"))
-            .join(format!(
+/// Writes buffers as files and commits their offsets.
+struct Lander<'a> {
+    consumer: &'a rdkafka::consumer::StreamConsumer,
+    store: &'a dyn ObjectStore,
+    root: &'a StorePath,
+    /// The `schema.table` whose topic this lands (the topic prefix may hold dots too).
+    table: &'a str,
+    report: LandingReport,
+    /// The last offset of the last file this process wrote, per topic and partition.
+    written: BTreeMap<(String, i32), i64>,
+}
+
+impl Lander<'_> {
+    async fn flush(&mut self, buffer: Buffer) -> Result<()> {
+        let mut commit_to = buffer.skipped_to;
+        if !buffer.rows.is_empty() {
+            let encode_err = |message: String| LandingError::Encode {
+                topic: buffer.topic.clone(),
+                partition: buffer.partition,
+                first: buffer.first_offset,
+                last: buffer.last_offset,
+                message,
+            };
+            let batch = rows_to_batch(&buffer.rows).map_err(encode_err)?;
+            let bytes = write_parquet(&batch).map_err(|e| encode_err(e.to_string()))?;
+            let date =
+                chrono::DateTime::from_timestamp_millis(buffer.first_timestamp_ms.unwrap_or(0))
+                    .unwrap_or_default()
+                    .format("%Y-%m-%d");
+            let table = self.table;
+            let folder = self
+                .root
+                .clone()
+                .join(table_folder(table))
+                .join(format!("date={date}"));
+            let path = folder.clone().join(format!(
                 "{}-{:020}-{:020}.parquet",
                 buffer.partition, buffer.first_offset, buffer.last_offset
             ));
-        let file_bytes = bytes.len();
-        storage::put(store, &path, bytes).await?;
-        tracing::info!(file = %path, rows = buffer.rows.len(), "landed change file");
-        let m = crate::observe::metrics();
-        m.landing_files.with_label_values(&[table]).inc();
-        m.landing_bytes
-            .with_label_values(&[table])
-            .inc_by(file_bytes as u64);
-        m.batches.with_label_values(&["landing"]).inc();
-        m.rows_out
-            .with_label_values(&["landing"])
-            .inc_by(buffer.rows.len() as u64);
-        report.files += 1;
-        report.events += buffer.rows.len();
-        report.event_bytes += buffer.bytes;
-        report.file_bytes += file_bytes;
-        commit_to = Some(commit_to.map_or(buffer.last_offset, |t| t.max(buffer.last_offset)));
+            let file_bytes = bytes.len();
+            storage::put(self.store, &path, bytes).await?;
+            let key = (buffer.topic.clone(), buffer.partition);
+            if self.written.get(&key) != Some(&(buffer.first_offset - 1)) {
+                self.remove_overlapped(&folder, &path, &buffer).await?;
+            }
+            self.written.insert(key, buffer.last_offset);
+            tracing::info!(file = %path, rows = buffer.rows.len(), "landed change file");
+            let m = crate::observe::metrics();
+            m.landing_files.with_label_values(&[table]).inc();
+            m.landing_bytes
+                .with_label_values(&[table])
+                .inc_by(file_bytes as u64);
+            m.batches.with_label_values(&["landing"]).inc();
+            m.rows_out
+                .with_label_values(&["landing"])
+                .inc_by(buffer.rows.len() as u64);
+            self.report.files += 1;
+            self.report.events += buffer.rows.len();
+            self.report.event_bytes += buffer.bytes;
+            self.report.file_bytes += file_bytes;
+            commit_to = Some(commit_to.map_or(buffer.last_offset, |t| t.max(buffer.last_offset)));
+        }
+        if let Some(last) = commit_to {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&buffer.topic, buffer.partition, Offset::Offset(last + 1))
+                .map_err(|source| TransportError::Kafka {
+                    servers: String::new(),
+                    action: "committing".into(),
+                    source,
+                })?;
+            self.consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|source| TransportError::Kafka {
+                    servers: String::new(),
+                    action: format!(
+                        "committing offset {} of {}/{}",
+                        last + 1,
+                        buffer.topic,
+                        buffer.partition
+                    ),
+                    source,
+                })?;
+        }
+        Ok(())
     }
-    if let Some(last) = commit_to {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&buffer.topic, buffer.partition, Offset::Offset(last + 1))
-            .map_err(|source| TransportError::Kafka {
-                servers: String::new(),
-                action: "committing".into(),
-                source,
-            })?;
-        consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|source| TransportError::Kafka {
-                servers: String::new(),
-                action: format!(
-                    "committing offset {} of {}/{}",
-                    last + 1,
-                    buffer.topic,
-                    buffer.partition
-                ),
-                source,
-            })?;
+
+    /// Removes the files of `buffer`'s partition, other than `written`, that start at or after its
+    /// first offset: nothing past the committed offset `buffer` starts from was committed, so such
+    /// a file was left by a writer that crashed after storing it, and it may be cut at other
+    /// boundaries than the files that now hold its events. Only the first file after a start or a
+    /// rebalance can meet one, so only then is the folder listed.
+    async fn remove_overlapped(
+        &self,
+        folder: &StorePath,
+        written: &StorePath,
+        buffer: &Buffer,
+    ) -> Result<()> {
+        for file in storage::list(self.store, folder).await? {
+            let Some(file) = LandingFile::parse(file) else {
+                continue;
+            };
+            if file.partition == buffer.partition
+                && file.path != *written
+                && file.first_offset >= buffer.first_offset
+            {
+                tracing::info!(file = %file.path, replaced_by = %written, "removing a landing file a crashed writer left uncommitted");
+                storage::delete(self.store, &file.path).await?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-pub(crate) fn write_parquet(batch: &RecordBatch) -> parquet::errors::Result<Vec<u8>> {
+/// A landing file's bytes: `batch` as zstd-compressed Parquet. Public for runtime/fuzz.
+pub fn write_parquet(batch: &RecordBatch) -> parquet::errors::Result<Vec<u8>> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();

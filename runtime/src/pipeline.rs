@@ -209,10 +209,15 @@ async fn continuous(
     let mut totals: Vec<(String, LayerReport)> = Vec::new();
     let maintenance_every = Duration::from_secs(pipeline.maintenance.interval_s);
     let mut maintained = std::time::Instant::now();
+    let idle = Duration::from_millis(pipeline.trigger_interval_ms);
     loop {
         let stopping = stop.is_cancelled() || finished(&capture) || finished(&landing_task);
+        // Passes follow each other while they find input (micro-batches back to back, as DLT's
+        // continuous mode); an idle pass waits `trigger_interval_ms` before looking again.
+        let mut found_input = false;
         if let Some(layers) = &mut layers {
             for (name, r) in layers.run_once(pipeline).await? {
+                found_input |= r.rows_in > 0;
                 match totals.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, total)) => total.add(&r),
                     None => totals.push((name, r)),
@@ -230,9 +235,12 @@ async fn continuous(
         if stopping {
             break;
         }
+        if found_input {
+            continue;
+        }
         tokio::select! {
             () = stop.cancelled() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(idle) => {}
         }
     }
     stop.cancel();

@@ -27,7 +27,8 @@ use pg_walstream::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use debezium::{EventBuilder, TableSchema};
+// Column, Op and TxContext too, so code outside the crate (runtime/fuzz) can drive `EventBuilder`.
+pub use debezium::{Column, EventBuilder, Op, TableSchema, TxContext};
 
 use crate::config::{Pipeline, PublicationAutocreateMode, SnapshotMode};
 use crate::storage::{self, StorageError};
@@ -207,7 +208,11 @@ pub async fn run(
             }
         }
         match capture(pipeline, until_current, stop).await {
-            Err(e) if !until_current && e.is_slot_in_use() && !stop.is_cancelled() => {
+            // Stopping while the holder hands over is a clean stop, not a failure.
+            Err(e) if !until_current && e.is_slot_in_use() && stop.is_cancelled() => {
+                return Ok(CaptureReport::default());
+            }
+            Err(e) if !until_current && e.is_slot_in_use() => {
                 tracing::info!(slot = %pipeline.source.slot_name, "another process took the slot first; waiting again");
                 // The slot can be free while its capturer reads a snapshot: look again shortly.
                 tokio::select! {
@@ -415,8 +420,17 @@ async fn capture(
     let acker = tokio::spawn(confirm_in_order(ack_rx, feedback.clone()));
     let heartbeat = (!until_current && src.heartbeat_interval_ms > 0)
         .then(|| tokio::spawn(heartbeats(pipeline.source.clone())));
-    let streamed =
-        stream_changes(&mut stream, &events, &producer, &ack_tx, stop, &mut report).await;
+    let mut events = events;
+    let streamed = stream_changes(
+        &mut stream,
+        &mut events,
+        &client,
+        &producer,
+        &ack_tx,
+        stop,
+        &mut report,
+    )
+    .await;
     if let Some(task) = heartbeat {
         task.abort();
     }
@@ -471,7 +485,8 @@ const COLLECT_DELIVERIES_EVERY: usize = 10_000;
 /// Streams changes into Kafka. Returns the keepalive position a bounded stream stopped at, if any.
 async fn stream_changes(
     stream: &mut LogicalReplicationStream,
-    events: &EventBuilder,
+    events: &mut Arc<EventBuilder>,
+    client: &tokio_postgres::Client,
     producer: &ChangeProducer,
     acks: &mpsc::Sender<PendingCommit>,
     stop: &CancellationToken,
@@ -523,6 +538,25 @@ async fn stream_changes(
             } if &*prefix == HEARTBEAT_PREFIX => {
                 if !confirm_after(acks, message_lsn.value(), &mut deliveries).await {
                     return Ok(None);
+                }
+                continue;
+            }
+            // Sent before a table's first change in a session and after every change of its
+            // columns: the events that follow are in these columns, whatever the catalog says now.
+            EventType::Relation {
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                if let Some(cached) = events.columns_of(&namespace, &relation_name)
+                    && !same_columns(cached, &columns)
+                {
+                    let table =
+                        relation_schema(client, &namespace, &relation_name, &columns).await?;
+                    let names: Vec<&str> = table.columns().iter().map(|c| &*c.name).collect();
+                    tracing::info!(table = %table.qualified(), columns = ?names, "the table's columns changed; events follow them");
+                    Arc::make_mut(events).replace_table(table);
                 }
                 continue;
             }
@@ -827,34 +861,7 @@ async fn load_schemas(
                 message: "does not exist".into(),
             });
         }
-        let columns: Vec<debezium::Column> = rows
-            .iter()
-            .map(|r| {
-                let category = |i: usize| r.get::<_, String>(i).chars().next().unwrap_or('U');
-                let oid = |i: usize| u32::try_from(r.get::<_, i64>(i)).unwrap_or(0);
-                let element = r.get::<_, Option<i64>>(8).map(|_| {
-                    Box::new(types::ColumnType {
-                        oid: oid(8),
-                        typmod: -1,
-                        name: r.get(9),
-                        category: category(10),
-                        element: None,
-                    })
-                });
-                debezium::Column::new(
-                    r.get(0),
-                    types::ColumnType {
-                        oid: oid(4),
-                        typmod: r.get(5),
-                        name: r.get(6),
-                        category: category(7),
-                        element,
-                    },
-                    r.get(1),
-                    r.get(3),
-                )
-            })
-            .collect();
+        let columns: Vec<debezium::Column> = rows.iter().map(column_from_row).collect();
         let identity: String = rows[0].get(2);
         if !columns.iter().any(|c| c.is_key) && identity == "d" {
             return Err(SourceError::Table {
@@ -867,6 +874,92 @@ async fn load_schemas(
         out.insert(qualified.clone(), TableSchema::new(schema, table, columns));
     }
     Ok(out)
+}
+
+/// A column from a row of `load_schemas`'s or `relation_schema`'s query: name, key, (replica
+/// identity), not null, then the type: base type oid, modifier, formatted name, category, and an
+/// array's element oid, name and category.
+fn column_from_row(r: &tokio_postgres::Row) -> debezium::Column {
+    let category = |i: usize| r.get::<_, String>(i).chars().next().unwrap_or('U');
+    let oid = |i: usize| u32::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+    let element = r.get::<_, Option<i64>>(8).map(|_| {
+        Box::new(types::ColumnType {
+            oid: oid(8),
+            typmod: -1,
+            name: r.get(9),
+            category: category(10),
+            element: None,
+        })
+    });
+    debezium::Column::new(
+        r.get(0),
+        types::ColumnType {
+            oid: oid(4),
+            typmod: r.get(5),
+            name: r.get(6),
+            category: category(7),
+            element,
+        },
+        r.get(1),
+        r.get(3),
+    )
+}
+
+/// Whether a relation message lists the columns weir already has: the same names in the same
+/// order, keys and type modifiers (a domain's type oid is its own, where weir keeps its base
+/// type's, so a differing oid counts only for built-in types).
+fn same_columns(cached: &[debezium::Column], relation: &[pg_walstream::RelationColumn]) -> bool {
+    const FIRST_USER_OID: u32 = 16_384;
+    cached.len() == relation.len()
+        && cached.iter().zip(relation).all(|(c, r)| {
+            c.name == *r.name
+                && c.is_key == r.is_key
+                && c.ty.typmod == r.type_modifier
+                && (c.ty.oid == r.type_id || r.type_id >= FIRST_USER_OID)
+        })
+}
+
+/// A table's columns as a relation message lists them, typed through `pg_type` (types outlive
+/// the columns that use them); `not null` where the column still exists with that type.
+async fn relation_schema(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    table: &str,
+    columns: &[pg_walstream::RelationColumn],
+) -> Result<TableSchema> {
+    let names: Vec<&str> = columns.iter().map(|c| &*c.name).collect();
+    let oids: Vec<i64> = columns.iter().map(|c| i64::from(c.type_id)).collect();
+    let typmods: Vec<i32> = columns.iter().map(|c| c.type_modifier).collect();
+    let keys: Vec<bool> = columns.iter().map(|c| c.is_key).collect();
+    let rows = client
+        .query(
+            "SELECT rc.name, rc.is_key, '', coalesce(a.attnotnull AND a.atttypid = t.oid, false),
+                    bt.oid::int8, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE rc.typmod END,
+                    format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE rc.typmod END),
+                    bt.typcategory::text, et.oid::int8, format_type(et.oid, NULL), et.typcategory::text
+             FROM unnest($3::text[], $4::int8[], $5::int4[], $6::bool[]) WITH ORDINALITY
+                  AS rc(name, type_oid, typmod, is_key, ord)
+             JOIN pg_type t ON t.oid = rc.type_oid::oid
+             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+             LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+             LEFT JOIN pg_attribute a ON a.attrelid = to_regclass(quote_ident($1) || '.' || quote_ident($2))
+                  AND a.attname = rc.name AND NOT a.attisdropped
+             ORDER BY rc.ord",
+            &[&schema, &table, &names, &oids, &typmods, &keys],
+        )
+        .await
+        .map_err(pg(format!("reading the types of {schema}.{table}'s columns")))?;
+    if rows.len() != columns.len() {
+        return Err(SourceError::Table {
+            table: format!("{schema}.{table}"),
+            message: "a column's type is gone from pg_type".into(),
+        });
+    }
+    Ok(TableSchema::new(
+        schema,
+        table,
+        rows.iter().map(column_from_row).collect(),
+    ))
 }
 
 /// The `schema.table` names of ordinary and partitioned tables matching the include list and not

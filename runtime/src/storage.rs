@@ -52,6 +52,30 @@ pub async fn put(store: &dyn ObjectStore, path: &StorePath, bytes: Vec<u8>) -> R
         })
 }
 
+/// Stores what a stage could not take in the dead-letter `location`, under `folder`: `bytes` as
+/// `<name>.<extension>`, and beside it `<name>.error.json`, the fields of `record` with the time.
+/// A rerun over the same input overwrites rather than repeats.
+pub async fn dead_letter(
+    location: &str,
+    folder: &[&str],
+    name: &str,
+    extension: &str,
+    bytes: Vec<u8>,
+    mut record: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let (store, root) = open(location)?;
+    let folder = folder.iter().fold(root, |path, part| path.join(*part));
+    put(
+        &*store,
+        &folder.clone().join(format!("{name}.{extension}")),
+        bytes,
+    )
+    .await?;
+    record.insert("at".into(), chrono::Utc::now().to_rfc3339().into());
+    let error = serde_json::Value::Object(record).to_string().into_bytes();
+    put(&*store, &folder.join(format!("{name}.error.json")), error).await
+}
+
 pub async fn get(store: &dyn ObjectStore, path: &StorePath) -> Result<Option<bytes::Bytes>> {
     match store.get(path).await {
         Ok(r) => r
@@ -63,6 +87,17 @@ pub async fn get(store: &dyn ObjectStore, path: &StorePath) -> Result<Option<byt
                 source,
             }),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(source) => Err(StorageError::Io {
+            path: path.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Deletes the object at `path`; one already gone is not an error.
+pub async fn delete(store: &dyn ObjectStore, path: &StorePath) -> Result<()> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(source) => Err(StorageError::Io {
             path: path.to_string(),
             source,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::WasmLimits;
@@ -321,10 +321,8 @@ impl Transform {
             cause,
         };
         if self.trapped {
-            // A trapped instance cannot be entered again: start a fresh one, keeping the counts.
-            let mut fresh = self.loaded.instantiate(&self.stage, &self.config)?;
-            fresh.store.data_mut().counters = std::mem::take(&mut self.store.data_mut().counters);
-            *self = fresh;
+            // A trapped instance cannot be entered again.
+            self.replace_instance()?;
         }
         let input = encode_ipc(batch).map_err(|e| fail(format!("cannot encode input: {e}")))?;
         let limits = self.loaded.host.limits;
@@ -355,7 +353,52 @@ impl Transform {
                 return Err(fail(describe_trap(&trap, limits)));
             }
         };
-        decode_ipc(output).map_err(|e| fail(format!("returned invalid Arrow IPC: {e}")))
+        let output =
+            decode_ipc(output).map_err(|e| fail(format!("returned invalid Arrow IPC: {e}")))?;
+        self.release_grown_memory();
+        Ok(output)
+    }
+
+    /// A linear memory never shrinks: one large batch would keep its peak resident for the
+    /// instance's life. Past `RECYCLE_ABOVE_BYTES` the instance is replaced by a fresh one
+    /// (instantiating and configuring takes under a millisecond), keeping its counts.
+    fn release_grown_memory(&mut self) {
+        const RECYCLE_ABOVE_BYTES: usize = 64 << 20;
+        if self.store.data().limits.memory_bytes <= RECYCLE_ABOVE_BYTES {
+            return;
+        }
+        // The grown instance still works: on failure it is kept, and the next call tries again.
+        if let Err(e) = self.replace_instance() {
+            tracing::warn!(stage = %self.stage, error = %e, "could not replace a grown component instance");
+        }
+    }
+
+    /// Starts a fresh instance of the component in place of this one, keeping the counts.
+    fn replace_instance(&mut self) -> Result<()> {
+        let mut fresh = self.loaded.instantiate(&self.stage, &self.config)?;
+        fresh.store.data_mut().counters = std::mem::take(&mut self.store.data_mut().counters);
+        *self = fresh;
+        Ok(())
+    }
+
+    /// [`Self::call`], then `check(input, output)`: an output the layer cannot take (the reason
+    /// `check` gives) fails the batch as a trap does, naming the component.
+    pub fn call_checked(
+        &mut self,
+        batch: &RecordBatch,
+        batch_label: &str,
+        check: impl FnOnce(&RecordBatch, &RecordBatch) -> Option<String>,
+    ) -> Result<RecordBatch> {
+        let output = self.call(batch, batch_label)?;
+        match check(batch, &output) {
+            None => Ok(output),
+            Some(cause) => Err(WasmError::Batch {
+                stage: self.stage.clone(),
+                component: self.loaded.path.clone(),
+                batch: batch_label.to_owned(),
+                cause,
+            }),
+        }
     }
 
     /// Counters the guest reported through `host.count` since the last call, which resets them.
@@ -385,7 +428,11 @@ fn outside_async<R: Send>(guest: impl FnOnce() -> R + Send) -> R {
 
 /// Resets the per-call budgets: the epoch deadline and, if configured, the fuel.
 fn arm(store: &mut Store<GuestState>, limits: WasmLimits) {
-    let ticks = (limits.timeout_ms * TICKS_PER_SECOND).div_ceil(1000).max(1);
+    let ticks = limits
+        .timeout_ms
+        .saturating_mul(TICKS_PER_SECOND)
+        .div_ceil(1000)
+        .max(1);
     store.set_epoch_deadline(ticks);
     if let Some(fuel) = limits.fuel {
         // Fuel is enabled in the engine exactly when configured, so this cannot fail.
@@ -429,11 +476,14 @@ fn new_store(engine: &Engine, limits: WasmLimits, path: &Path) -> Store<GuestSta
     let state = GuestState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(limits.memory_limit_bytes)
-            .instances(4)
-            .trap_on_grow_failure(true)
-            .build(),
+        limits: MeasuredLimits {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_limit_bytes)
+                .instances(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            memory_bytes: 0,
+        },
         counters: BTreeMap::new(),
         component: path.display().to_string(),
     };
@@ -441,6 +491,56 @@ fn new_store(engine: &Engine, limits: WasmLimits, path: &Path) -> Store<GuestSta
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_trap();
     store
+}
+
+/// The store's limits, and how large the guest's linear memories have grown.
+struct MeasuredLimits {
+    limits: StoreLimits,
+    memory_bytes: usize,
+}
+
+impl ResourceLimiter for MeasuredLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes += desired.saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 /// The clocks a guest reads unless the pipeline allows real ones: always the Unix epoch (and 0 on
@@ -468,7 +568,7 @@ impl HostMonotonicClock for StoppedClock {
 struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MeasuredLimits,
     counters: BTreeMap<String, u64>,
     component: String,
 }

@@ -2,6 +2,8 @@
 //! starts, a fresh database, slot, topic prefix and table folder per test, and comparisons of the
 //! lakehouse tables with the source.
 
+pub mod onlineshop;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,12 +21,14 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// The `weir` binary of this workspace's build (`scripts/test` builds it before the tests run).
+/// The `weir` binary of this workspace's build (`scripts/test` builds it before the tests run): the
+/// dev profile's, or `WEIR_PROFILE`'s (`release` for `WEIR_BENCH_PROFILE=release scripts/bench`).
 pub fn weir_binary() -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    let binary = target.join("debug").join("weir");
+    let profile = std::env::var("WEIR_PROFILE").unwrap_or_else(|_| "debug".into());
+    let binary = target.join(&profile).join("weir");
     if !binary.is_file() {
         bail!(
             "{} is missing: build it with `cargo build -p weir` (scripts/test does)",

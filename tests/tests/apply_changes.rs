@@ -235,3 +235,71 @@ async fn silver_version(pipeline: &weir::config::Pipeline) -> Result<u64> {
     let table = deltalake::DeltaTable::try_from_url(url).await?;
     table.version().context("silver has no version")
 }
+
+/// A key's first delete is appended to silver's tombstones (no MERGE rewriting them), the
+/// appended files are compacted as they pile up, and the tombstones still keep late changes of
+/// deleted keys out, whether a delete comes once or again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_appended_compacted_and_still_keep_late_changes_out() -> Result<()> {
+    let t = TestPipeline::new("apply_changes_tombstones").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline()?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    for id in 1..=40 {
+        t.db.batch_execute(&format!("DELETE FROM onlineshop WHERE id = {id}"))
+            .await?;
+    }
+    weir::pipeline::run_triggered(&pipeline).await?;
+    let bronze =
+        weir::lakehouse::query(&pipeline, "SELECT * FROM bronze ORDER BY op = 'd'").await?;
+    let bronze = concat_batches(&bronze[0].schema(), &bronze)?;
+    let deletes = bronze.num_rows() - 40;
+    let (changes, deleted) = (bronze.slice(0, deletes), bronze.slice(deletes, 40));
+
+    // Into a new silver: every insert in one pass, then each delete in a pass of its own.
+    let replay = t.pipeline_with(|text| {
+        text.replace("/silver/onlineshop\"", "/silver-replay/onlineshop\"")
+    })?;
+    let host = weir::wasm::WasmHost::new(replay.wasm)?;
+    let mut layers = weir::lakehouse::Layers::load(&host, &replay)?;
+    layers.replay_into_silver(&replay, &changes).await?;
+    for i in 0..40 {
+        layers
+            .replay_into_silver(&replay, &deleted.slice(i, 1))
+            .await?;
+    }
+    let tombstones = format!("{}/_weir_tombstones", replay.silver.layer.table);
+    let table =
+        deltalake::DeltaTable::try_from_url(deltalake::ensure_table_uri(&tombstones)?).await?;
+    let files = table.get_file_uris()?.count();
+    assert!(files <= 16, "40 appended tombstones left {files} files");
+    let operations: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(table.history(None))
+        .await?
+        .into_iter()
+        .filter_map(|commit| commit.operation)
+        .collect();
+    let count = |op: &str| operations.iter().filter(|o| o.as_str() == op).count();
+    assert!(
+        count("WRITE") >= 40 && count("OPTIMIZE") >= 2 && count("MERGE") == 0,
+        "{operations:?}"
+    );
+
+    // The inserts delivered again, late, and the deletes again: nothing deleted comes back, and
+    // each key keeps one tombstone.
+    layers.replay_into_silver(&replay, &changes).await?;
+    layers.replay_into_silver(&replay, &deleted).await?;
+    layers.replay_into_silver(&replay, &changes).await?;
+    assert_eq!(assert_silver_equals_source(&t, &replay).await?, 1265);
+    let mut table = table;
+    table.update_state().await?;
+    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+    ctx.register_table("tombstones", table.table_provider().await?)?;
+    let counted = ctx
+        .sql("SELECT count(*) AS n, count(DISTINCT id) AS keys FROM tombstones")
+        .await?
+        .collect()
+        .await?;
+    let counts = arrow::util::pretty::pretty_format_batches(&counted)?.to_string();
+    assert!(counts.contains("| 40 | 40   |"), "{counts}");
+    Ok(())
+}

@@ -53,10 +53,12 @@ fn op(r: &TopicRecord) -> &str {
         .unwrap_or("tombstone")
 }
 
+/// The slot's confirmed LSN (0/0 while it is still being created) and whether a capture holds it.
 async fn slot(t: &TestPipeline) -> Result<Option<(String, bool)>> {
     Ok(t.db
         .query_opt(
-            "SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT coalesce(confirmed_flush_lsn::text, '0/0'), active
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&t.name],
         )
         .await?

@@ -90,3 +90,73 @@ async fn with_a_dead_letter_location_the_batch_goes_there_and_the_layer_goes_on(
     ensure!(std::fs::read_dir(&stage)?.count() == 2);
     Ok(())
 }
+
+/// Writes `payload` to the pipeline's topic, as a foreign producer would.
+async fn produce_raw(pipeline: &weir::config::Pipeline, payload: &[u8]) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.kafka.bootstrap_servers)
+        .create()?;
+    let topic = pipeline.topic_for("public.onlineshop");
+    producer
+        .send(
+            FutureRecord::to(&topic).key("{}").payload(payload),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// An event that is not a Debezium change event stops landing with an error naming its topic,
+/// partition and offset, having committed nothing past it, and stops it again at the same offset;
+/// with `dead_letter_location`, it is kept there with its error and landing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_does_not_parse_stops_landing_or_goes_to_the_dead_letter_location()
+-> Result<()> {
+    use weir::pipeline::Stage;
+    let t = TestPipeline::new("dead_letter_event").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline()?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    produce_raw(&pipeline, b"\x00\x01 not json").await?;
+    produce_raw(&pipeline, br#"{"before":null,"after":{"id":1},"op":"x"}"#).await?;
+    t.db.batch_execute("UPDATE onlineshop SET quantity = 99 WHERE id = 1")
+        .await?;
+
+    let topic = pipeline.topic_for("public.onlineshop");
+    for _ in 0..2 {
+        let error =
+            weir::pipeline::run_stages_triggered(&pipeline, &[Stage::Capture, Stage::Landing])
+                .await
+                .expect_err("an event that is not JSON")
+                .to_string();
+        ensure!(
+            error.contains(&format!("{topic}/0@1305")) && error.contains("invalid JSON"),
+            "{error}"
+        );
+    }
+
+    let dead_letters = t.dir.path().join("dead-letters");
+    let pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "[pipeline]\n",
+            &format!(
+                "[pipeline]\ndead_letter_location = \"{}\"\n",
+                dead_letters.display()
+            ),
+        )
+    })?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    weir_tests::assert_silver_equals_source(&t, &pipeline).await?;
+    let folder = dead_letters.join("landing").join(&topic);
+    let first = std::fs::read(folder.join("0-00000000000000001305.event"))?;
+    ensure!(first == b"\x00\x01 not json", "{first:?}");
+    let error = std::fs::read_to_string(folder.join("0-00000000000000001306.error.json"))
+        .context("the second event's error")?;
+    ensure!(
+        error.contains("`op`") && error.contains("\"offset\":1306"),
+        "{error}"
+    );
+    Ok(())
+}

@@ -90,3 +90,25 @@ async fn triggered_runs_keep_silver_equal_to_source_and_gold_equal_to_group_by()
     assert_gold_equals_group_by(&t, &pipeline).await?;
     Ok(())
 }
+
+/// A backlog of several commits reaches silver and gold in calls their components' memory limit
+/// (256 MiB by default) can take: each layer hands its component at most 100,000 rows of its
+/// input's commits at a time (one commit at least), where it once took ten commits in one call
+/// and trapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_beyond_a_components_memory_reaches_silver_in_bounded_calls() -> Result<()> {
+    let t = TestPipeline::new("e2e_backlog").await?;
+    weir_tests::onlineshop::load(&t.db, "onlineshop", 300_000, 5).await?;
+    let pipeline = t.pipeline()?;
+    let report = weir::pipeline::run_triggered(&pipeline).await?;
+    assert_eq!(report.capture.snapshot_rows, 300_000, "{report}");
+    assert_eq!(assert_silver_equals_source(&t, &pipeline).await?, 300_000);
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    // Every row updated: gold reads silver's change feed, a pre- and a post-image per update.
+    t.db.batch_execute("UPDATE onlineshop SET quantity = quantity + 1")
+        .await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    assert_silver_equals_source(&t, &pipeline).await?;
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    Ok(())
+}

@@ -103,3 +103,50 @@ async fn bronze_takes_overlapping_landing_files_once() -> Result<()> {
     assert_eq!(bronze, vec![vec![events.to_string(), events.to_string()]]);
     Ok(())
 }
+
+/// A landing process killed after storing a file and before committing its offsets leaves that
+/// file; the next process lands the same events again, cut at other boundaries, and removes it, so
+/// no offset stays in two files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_a_crashed_writer_left_uncommitted_is_replaced() -> Result<()> {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    use weir::pipeline::Stage;
+    let t = TestPipeline::new("landing_leftover").await?;
+    let events = t.load_sample().await? as i64;
+    let rolling_at = |rows: usize| {
+        // Killable: a record per batch, so that tansu serves a fetch from inside the snapshot.
+        t.pipeline_with(|text| {
+            weir_tests::killable(text).replace(
+                "[landing]\n",
+                &format!("[landing]\nmax_rows_per_file = {rows}\n"),
+            )
+        })
+    };
+    let pipeline = rolling_at(500)?;
+    weir::pipeline::run_stages_triggered(&pipeline, &[Stage::Capture, Stage::Landing]).await?;
+    let (store, root) = weir::storage::open(&pipeline.landing.location)?;
+    let files = weir::landing::list_files(&*store, &root, "public.onlineshop").await?;
+    assert_eq!(files.len(), 3);
+    // The state a crash leaves: [500-999] stored, its offsets not committed, nothing after it.
+    weir::storage::delete(&*store, &files[2].path).await?;
+    let group = weir::transport::group_consumer(&pipeline.kafka, "landing")?;
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    let topic = pipeline.topic_for("public.onlineshop");
+    offsets.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(500))?;
+    group.assign(&offsets)?;
+    group.commit(&offsets, CommitMode::Sync)?;
+    drop(group);
+
+    let pipeline = rolling_at(700)?;
+    weir::pipeline::run_stages_triggered(&pipeline, &[Stage::Landing]).await?;
+    let files = weir::landing::list_files(&*store, &root, "public.onlineshop").await?;
+    assert_cover_once(&files, events);
+    assert_eq!(
+        files
+            .iter()
+            .map(|f| (f.first_offset, f.last_offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 499), (500, 1199), (1200, 1304)]
+    );
+    Ok(())
+}

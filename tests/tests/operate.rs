@@ -231,6 +231,15 @@ async fn a_running_pipeline_serves_metrics_health_status_and_its_page() -> Resul
         )? >= 1.0,
         "no bronze component calls counted"
     );
+    for stage in ["bronze", "silver"] {
+        ensure!(
+            sample(
+                &m,
+                &format!(r#"weir_layer_pass_seconds_count{{stage="{stage}"}}"#)
+            )? >= 1.0,
+            "no {stage} pass timed"
+        );
+    }
     ensure!(sample(&m, r#"weir_errors_total{stage="silver"}"#)? == 0.0);
 
     // `/status` is `weir status --json` plus this process's counters.
@@ -345,7 +354,11 @@ async fn health_names_the_stage_that_is_behind() -> Result<()> {
     let t = TestPipeline::new("operate_behind").await?;
     t.load_sample().await?;
     let port = free_port()?;
-    t.pipeline_with(|text| observed(text, port, 1))?;
+    // Heartbeats keep capture's slot moving while other tests write WAL to the same server.
+    t.pipeline_with(|text| {
+        let beating = text.replace("[source]\n", "[source]\nheartbeat_interval_ms = 200\n");
+        observed(beating, port, 3)
+    })?;
     // Nothing runs the layers: landing files wait for bronze.
     let mut weir = RunningWeir::start(
         &t,

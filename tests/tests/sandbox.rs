@@ -85,6 +85,24 @@ fn a_memory_bomb_hits_the_memory_limit() -> Result<()> {
 }
 
 #[test]
+fn an_instance_whose_memory_grew_is_replaced_after_its_call() -> Result<()> {
+    // A guest keeping 40 MiB more on every call: with its instance kept, the fourth call would
+    // pass the 128 MiB limit. Replaced once past 64 MiB, it never holds more than two calls' worth.
+    let limits = WasmLimits {
+        memory_limit_bytes: 128 << 20,
+        ..limits()
+    };
+    let loaded = hostile(limits)?;
+    let mut transform = loaded.instantiate("bronze", &json!({"attack": "leak"}))?;
+    let batch = batch()?;
+    for call in 0..10 {
+        let out = transform.call(&batch, &format!("call {call}"))?;
+        ensure!(out.num_rows() == 1_000);
+    }
+    Ok(())
+}
+
+#[test]
 fn a_guest_that_traps_fails_its_batch() -> Result<()> {
     let error = attack(&hostile(limits())?, json!({"attack": "trap"}))?;
     ensure!(error.contains("trapped"), "{error}");

@@ -107,3 +107,67 @@ async fn a_type_change_delta_cannot_take_stops_with_what_changed_and_how_to_resu
     assert_eq!(silver, [[quantity[0][0].as_str(), "false"]]);
     Ok(())
 }
+
+/// The same changes while capture runs, each between changes of one streaming session: pgoutput
+/// describes the table anew after each, and the events that follow carry its columns then, not
+/// those capture started with (no column left out, no dropped column sent as "unavailable").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_added_dropped_and_widened_while_capture_runs_reach_silver() -> Result<()> {
+    use std::time::Duration;
+    let t = TestPipeline::new("schema_while_running").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline_with(|text| {
+        text.replace("[source]\n", "[source]\nheartbeat_interval_ms = 500\n")
+    })?;
+    let mut weir = weir_tests::RunningWeir::start(&t, "weir", &[], &[])?;
+    let silver_equals_source = || async {
+        assert_silver_equals_source(&t, &pipeline).await?;
+        assert_gold_equals_group_by(&t, &pipeline).await
+    };
+    weir_tests::eventually(Duration::from_secs(120), silver_equals_source).await?;
+
+    t.db.batch_execute(
+        "UPDATE onlineshop SET quantity = quantity + 1 WHERE id = 1;
+         ALTER TABLE onlineshop ADD COLUMN discount numeric(5,2), ADD COLUMN note varchar(10);
+         UPDATE onlineshop SET discount = 0.15, note = 'gift' WHERE id % 5 = 0;
+         INSERT INTO onlineshop (transactionno, date, productno, productname, price, quantity, customerno, country, discount)
+           VALUES ('590001', '2019-12-12', '85123A', 'White Hanging Heart', 2.55, 6, '17850', 'France', 0.05);
+         ALTER TABLE onlineshop ALTER COLUMN quantity TYPE bigint, ALTER COLUMN price TYPE numeric(14,2),
+                                ALTER COLUMN note TYPE text;
+         UPDATE onlineshop SET quantity = quantity + 3000000000, note = 'a longer note than ten' WHERE id % 10 = 0;
+         ALTER TABLE onlineshop DROP COLUMN discount;
+         UPDATE onlineshop SET quantity = quantity + 1 WHERE id % 4 = 0;
+         DELETE FROM onlineshop WHERE id % 7 = 0;",
+    )
+    .await?;
+    weir_tests::eventually(Duration::from_secs(120), silver_equals_source).await?;
+    let silver = rows_as_text(
+        &weir::lakehouse::query(
+            &pipeline,
+            "SELECT CAST(id AS VARCHAR) AS i, CAST(discount AS VARCHAR) AS d, note FROM silver \
+             WHERE id IN (5, 10, 15, 20, 25) ORDER BY id",
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        silver,
+        [
+            ["5", "0.15", "gift"],
+            ["10", "0.15", "a longer note than ten"],
+            ["15", "0.15", "gift"],
+            ["20", "NULL", "a longer note than ten"],
+            ["25", "0.15", "gift"]
+        ],
+        "ids 10 and 20 changed before the drop (10 kept its discount then); 20 changed after it"
+    );
+    let topic =
+        weir_tests::read_topic(&t.services.kafka, &pipeline.topic_for("public.onlineshop"))?;
+    let unavailable = topic
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .filter(|v| v.to_string().contains("__debezium_unavailable_value"))
+        .count();
+    assert_eq!(unavailable, 0, "no column was sent as unavailable");
+    weir.interrupt().await?;
+    Ok(())
+}

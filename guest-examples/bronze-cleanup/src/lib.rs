@@ -36,6 +36,7 @@ impl RowTransform for BronzeCleanup {
     }
 }
 
+#[cfg(feature = "component")]
 weir_guest::export_row_transform!(BronzeCleanup);
 
 /// The bronze table's schema.

@@ -11,6 +11,8 @@ pub(super) async fn bronze_pass(
     let mut table = open(STAGE, location).await?;
     let (store, _) = storage::open(&pipeline.landing.location)?;
     let LandingProgress { pending, mut done } = landing_progress(pipeline, &table).await?;
+    // Column types are checked at commit, where a change from the source is told apart.
+    let contract = OutputContract::bronze(pipeline);
 
     let mut report = LayerReport::default();
     let mut group: Vec<LandingFile> = Vec::new();
@@ -40,8 +42,21 @@ pub(super) async fn bronze_pass(
                 .max(done.get(&file.partition).copied().unwrap_or(-1)),
         );
         if input.num_rows() > 0 {
-            match transform.call(&input, &label) {
+            match transform.call_checked(&input, &label, |i, o| contract.violation(i, o)) {
                 Ok(cleaned) => {
+                    // A commit holds up to ROWS_PER_COMMIT rows (or one larger file): silver
+                    // hands a whole version to its component, whose memory is bounded.
+                    if group_rows > 0 && group_rows + cleaned.num_rows() > ROWS_PER_COMMIT {
+                        table = commit_bronze(
+                            pipeline,
+                            table,
+                            std::mem::take(&mut batches),
+                            &std::mem::take(&mut group),
+                            &mut report,
+                        )
+                        .await?;
+                        group_rows = 0;
+                    }
                     batches.push(
                         with_ingestion_metadata(&cleaned, file.path.as_ref())
                             .map_err(|e| stage_err(STAGE, e))?,
@@ -55,17 +70,6 @@ pub(super) async fn bronze_pass(
             }
         }
         group.push(file);
-        if group_rows >= ROWS_PER_COMMIT {
-            table = commit_bronze(
-                pipeline,
-                table,
-                std::mem::take(&mut batches),
-                &std::mem::take(&mut group),
-                &mut report,
-            )
-            .await?;
-            group_rows = 0;
-        }
     }
     if !group.is_empty() {
         table = commit_bronze(pipeline, table, batches, &group, &mut report).await?;

@@ -22,14 +22,14 @@ pub(super) async fn gold_pass(
     let mut gold = open(&stage, location).await?;
     let app = app_id(pipeline, &stage);
     let mut next = next_input_version(&stage, location, &gold, &app).await?;
+    let contract = OutputContract::gold(name, cfg).with_table(location, &gold);
     while next <= silver_latest {
-        let end = (next + 9).min(silver_latest);
-        let changes = read_changes(
+        let (end, changes) = read_changes_bounded(
             &stage,
             &pipeline.silver.layer.table,
-            silver.clone(),
+            &silver,
             next,
-            end,
+            silver_latest,
         )
         .await?;
         let weighted = weigh(&stage, changes)?;
@@ -38,7 +38,7 @@ pub(super) async fn gold_pass(
         let deltas = match weighted {
             Some(b) if b.num_rows() > 0 => {
                 let label = format!("silver versions {next}-{end}");
-                match transform.call(&b, &label) {
+                match transform.call_checked(&b, &label, |i, o| contract.violation(i, o)) {
                     Ok(deltas) => Some(deltas),
                     Err(e) => {
                         dead_letter(pipeline, &stage, &label, &b, e).await?;
@@ -86,6 +86,7 @@ pub(super) async fn rebuild_gold(
         .get(name)
         .ok_or_else(|| stage_err(&stage, "no such gold table in the pipeline file"))?;
     let location = &cfg.layer.table;
+    let contract = OutputContract::gold(name, cfg);
     let silver_location = &pipeline.silver.layer.table;
     let silver = open(&stage, silver_location).await?;
     let Some(silver_version) = silver.version() else {
@@ -135,7 +136,9 @@ pub(super) async fn rebuild_gold(
             report.rows_in += pending_rows;
             let inserts = StringArray::from(vec!["insert"; batch.num_rows()]);
             if let Some(weighted) = weigh(&stage, vec![(batch, inserts)])? {
-                deltas.push(transform.call(&weighted, &label)?);
+                let checked =
+                    transform.call_checked(&weighted, &label, |i, o| contract.violation(i, o));
+                deltas.push(checked?);
             }
             pending.clear();
             pending_rows = 0;

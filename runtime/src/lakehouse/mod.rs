@@ -37,6 +37,7 @@ use crate::storage;
 use crate::wasm::{LoadedComponent, Transform, WasmError, WasmHost, World};
 
 mod bronze;
+mod contract;
 mod gold;
 mod maintenance;
 mod position;
@@ -46,6 +47,7 @@ pub use maintenance::{MaintenanceReport, maintain};
 pub use position::{TablePosition, positions};
 
 use bronze::{bronze_pass, with_ingestion_metadata};
+use contract::OutputContract;
 use gold::{gold_pass, weigh};
 pub use silver::apply_to_silver;
 use silver::{SILVER_DROPPED, apply_expectations, silver_pass};
@@ -160,9 +162,20 @@ pub struct LayerReport {
 }
 
 impl LayerReport {
-    /// Adds the pass's figures to the process's metrics.
-    fn record_metrics(&self, stage: &str, pipeline: &Pipeline) {
+    /// Adds the pass's figures to the process's metrics; `took` is the pass's time.
+    fn record_metrics(&self, stage: &str, pipeline: &Pipeline, took: std::time::Duration) {
         let m = crate::observe::metrics();
+        if self.rows_in > 0 {
+            m.layer_pass_seconds
+                .with_label_values(&[stage])
+                .observe(took.as_secs_f64());
+            tracing::debug!(
+                stage,
+                rows_in = self.rows_in,
+                seconds = took.as_secs_f64(),
+                "layer pass"
+            );
+        }
         m.rows_in
             .with_label_values(&[stage])
             .inc_by(self.rows_in as u64);
@@ -282,21 +295,9 @@ impl Layers {
 
     /// One pass of bronze, silver and every gold table over whatever input is new.
     pub async fn run_once(&mut self, pipeline: &Pipeline) -> Result<Vec<(String, LayerReport)>> {
-        let mut bronze = retrying_conflicts!("bronze", bronze_pass(pipeline, &mut self.bronze))?;
-        bronze.counters = self.bronze.take_counters();
-        let mut out = vec![("bronze".to_owned(), bronze)];
-        let mut silver = retrying_conflicts!("silver", silver_pass(pipeline, &mut self.silver))?;
-        silver.counters = self.silver.take_counters();
-        out.push(("silver".to_owned(), silver));
-        for (name, transform) in &mut self.gold {
-            let stage = format!("gold.{name}");
-            let mut gold = retrying_conflicts!(stage, gold_pass(pipeline, name, transform))?;
-            gold.counters = transform.take_counters();
-            out.push((stage, gold));
-        }
-        for (stage, report) in &out {
-            report.record_metrics(stage, pipeline);
-        }
+        let mut out = vec![bronze_once(pipeline, &mut self.bronze).await?];
+        out.push(silver_once(pipeline, &mut self.silver).await?);
+        out.extend(gold_once(pipeline, &mut self.gold).await?);
         Ok(out)
     }
 
@@ -354,21 +355,15 @@ impl Layers {
         landing: &RecordBatch,
     ) -> Result<Vec<(String, RecordBatch)>> {
         const LABEL: &str = "the sample";
-        let bronze = self.bronze.call(landing, LABEL)?;
+        let contract = OutputContract::bronze(pipeline);
+        let bronze = self
+            .bronze
+            .call_checked(landing, LABEL, |i, o| contract.violation(i, o))?;
         let bronze = with_ingestion_metadata(&bronze, LABEL).map_err(|e| stage_err("bronze", e))?;
-        let silver_needs = pipeline
+        let contract = OutputContract::silver(pipeline);
+        let silver = self
             .silver
-            .keys
-            .iter()
-            .chain(&pipeline.silver.sequence_by);
-        require_columns(
-            "bronze",
-            &bronze,
-            silver_needs,
-            "[silver] keys and sequence_by",
-        )?;
-        let silver = self.silver.call(&bronze, LABEL)?;
-        require_columns("silver", &silver, &pipeline.silver.keys, "[silver] keys")?;
+            .call_checked(&bronze, LABEL, |i, o| contract.violation(i, o))?;
         // Expectations are SQL over silver's rows: this also checks that they parse and type.
         let kept = apply_expectations(pipeline, silver.clone()).await?.kept;
         let mut out = vec![("bronze".to_owned(), bronze), ("silver".to_owned(), silver)];
@@ -386,41 +381,48 @@ impl Layers {
             let Some(weighted) = weigh(&stage, vec![(stored.clone(), inserts.clone())])? else {
                 continue;
             };
-            let deltas = transform.call(&weighted, LABEL)?;
-            let needs = cfg.keys.iter().chain(std::iter::once(&cfg.count_column));
-            require_columns(
-                &stage,
-                &deltas,
-                needs,
-                &format!("[gold.{name}] keys and count_column"),
-            )?;
+            let contract = OutputContract::gold(name, cfg);
+            let deltas =
+                transform.call_checked(&weighted, LABEL, |i, o| contract.violation(i, o))?;
             out.push((stage, deltas));
         }
         Ok(out)
     }
 }
 
-/// Fails unless `batch`, the output of `stage`'s component, has every column of `needed`.
-fn require_columns<'a>(
-    stage: &str,
-    batch: &RecordBatch,
-    needed: impl IntoIterator<Item = &'a String>,
-    named_by: &str,
-) -> Result<()> {
-    let schema = batch.schema();
-    for column in needed {
-        if schema.column_with_name(column).is_none() {
-            let has: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            return Err(stage_err(
-                stage,
-                format!(
-                    "the component's output has no column `{column}`, which {named_by} name; it has: {}",
-                    has.join(", ")
-                ),
-            ));
-        }
+/// One pass of bronze, run again on a commit conflict, with the component's counters.
+async fn bronze_once(pipeline: &Pipeline, t: &mut Transform) -> Result<(String, LayerReport)> {
+    let started = std::time::Instant::now();
+    let mut r = retrying_conflicts!("bronze", bronze_pass(pipeline, t))?;
+    r.counters = t.take_counters();
+    r.record_metrics("bronze", pipeline, started.elapsed());
+    Ok(("bronze".to_owned(), r))
+}
+
+/// One pass of silver, as [`bronze_once`].
+async fn silver_once(pipeline: &Pipeline, t: &mut Transform) -> Result<(String, LayerReport)> {
+    let started = std::time::Instant::now();
+    let mut r = retrying_conflicts!("silver", silver_pass(pipeline, t))?;
+    r.counters = t.take_counters();
+    r.record_metrics("silver", pipeline, started.elapsed());
+    Ok(("silver".to_owned(), r))
+}
+
+/// One pass of each gold table in turn, as [`bronze_once`].
+async fn gold_once(
+    pipeline: &Pipeline,
+    golds: &mut [(String, Transform)],
+) -> Result<Vec<(String, LayerReport)>> {
+    let mut out = Vec::new();
+    for (name, t) in golds {
+        let stage = format!("gold.{name}");
+        let started = std::time::Instant::now();
+        let mut r = retrying_conflicts!(stage, gold_pass(pipeline, name, t))?;
+        r.counters = t.take_counters();
+        r.record_metrics(&stage, pipeline, started.elapsed());
+        out.push((stage, r));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// `batch` without the named columns.
@@ -456,28 +458,13 @@ async fn dead_letter(
             }
         })
         .collect();
-    let (store, root) = storage::open(location)?;
-    let folder = root.join(stage);
     let parquet = landing::write_parquet(batch).map_err(|e| stage_err(stage, e))?;
-    storage::put(
-        &*store,
-        &folder.clone().join(format!("{name}.parquet")),
-        parquet,
-    )
-    .await?;
-    let record = serde_json::json!({
-        "stage": stage,
-        "batch": label,
-        "rows": batch.num_rows(),
-        "error": error.to_string(),
-        "at": chrono::Utc::now().to_rfc3339(),
-    });
-    storage::put(
-        &*store,
-        &folder.join(format!("{name}.error.json")),
-        record.to_string().into_bytes(),
-    )
-    .await?;
+    let mut record = serde_json::Map::new();
+    record.insert("stage".into(), stage.into());
+    record.insert("batch".into(), label.into());
+    record.insert("rows".into(), batch.num_rows().into());
+    record.insert("error".into(), error.to_string().into());
+    storage::dead_letter(location, &[stage], &name, "parquet", parquet, record).await?;
     tracing::warn!(stage, batch = label, rows = batch.num_rows(), location = %location, error = %error, "batch dead-lettered");
     Ok(())
 }
@@ -656,6 +643,33 @@ fn table_properties(stage: &str) -> [(&'static str, Option<&str>); 3] {
 
 /// Reads a table's change feed for versions `from..=to`, without the change-feed columns, with
 /// each batch's change types (`insert`, `update_preimage`, `update_postimage`, `delete`).
+/// The change feed of `table` from version `from` on: up to ten versions, up to `latest`, while
+/// they hold at most ROWS_PER_COMMIT rows together (one version at least), so that the next
+/// layer's component takes them in one call within its memory limit. Returns the last version
+/// read, and the changes with their change types.
+async fn read_changes_bounded(
+    stage: &str,
+    location: &str,
+    table: &DeltaTable,
+    from: u64,
+    latest: u64,
+) -> Result<(u64, Vec<(RecordBatch, StringArray)>)> {
+    let (mut end, mut out, mut taken) = (from, Vec::new(), 0);
+    loop {
+        let version = read_changes(stage, location, table.clone(), end, end).await?;
+        let rows: usize = version.iter().map(|(b, _)| b.num_rows()).sum();
+        if taken > 0 && taken + rows > ROWS_PER_COMMIT {
+            return Ok((end - 1, out)); // the next pass reads this version again
+        }
+        taken += rows;
+        out.extend(version);
+        if end >= latest || end >= from + 9 {
+            return Ok((end, out));
+        }
+        end += 1;
+    }
+}
+
 async fn read_changes(
     stage: &str,
     location: &str,

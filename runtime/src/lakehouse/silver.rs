@@ -21,19 +21,18 @@ pub(super) async fn silver_pass(
     let mut silver = open(STAGE, silver_location).await?;
     let app = app_id(pipeline, STAGE);
     let mut next = next_input_version(STAGE, silver_location, &silver, &app).await?;
+    let contract = OutputContract::silver(pipeline).with_table(silver_location, &silver);
     while next <= bronze_latest {
-        // Bronze commits hold at most ROWS_PER_COMMIT rows; take a few at a time.
-        let end = (next + 9).min(bronze_latest);
         bronze
             .update_state()
             .await
             .map_err(delta_err(STAGE, &pipeline.bronze.layer.table))?;
-        let input = read_changes(
+        let (end, input) = read_changes_bounded(
             STAGE,
             &pipeline.bronze.layer.table,
-            bronze.clone(),
+            &bronze,
             next,
-            end,
+            bronze_latest,
         )
         .await?;
         let rows: Vec<RecordBatch> = input.into_iter().map(|(b, _)| b).collect();
@@ -43,7 +42,7 @@ pub(super) async fn silver_pass(
         let changes = match input {
             Some(batch) if batch.num_rows() > 0 => {
                 let label = format!("bronze versions {next}-{end}");
-                match transform.call(&batch, &label) {
+                match transform.call_checked(&batch, &label, |i, o| contract.violation(i, o)) {
                     Ok(out) => {
                         let checked = apply_expectations(pipeline, out).await?;
                         for (rule, (passed, failed)) in checked.counts {
@@ -89,7 +88,10 @@ pub(super) async fn apply_batch(
     transform: &mut Transform,
     bronze_rows: &RecordBatch,
 ) -> Result<()> {
-    let out = transform.call(bronze_rows, "replayed bronze rows")?;
+    let contract = OutputContract::silver(pipeline);
+    let out = transform.call_checked(bronze_rows, "replayed bronze rows", |i, o| {
+        contract.violation(i, o)
+    })?;
     let checked = apply_expectations(pipeline, out).await?;
     if let Some(dropped) = checked.dropped {
         quarantine(pipeline, dropped, Vec::new()).await?;
@@ -761,17 +763,17 @@ async fn drop_superseded(
         .map(|f| format!("c.{}", q(f.name())))
         .collect::<Vec<_>>()
         .join(", ");
-    let keys = columns_sql(&cfg.keys, q, ", ");
     let sequence = columns_sql(&cfg.sequence_by, q, ", ");
     let newest_first = columns_sql(&cfg.sequence_by, |c| format!("{} DESC", q(c)), ", ");
     let same_key = columns_sql(&cfg.keys, |k| format!("c.{0} = t.{0}", q(k)), " AND ");
-    let first_key = q(&cfg.keys[0]);
+    // A key can have several tombstones (two writers appending its first at once): any newer
+    // than the change supersedes it.
     let sql = format!(
         "SELECT {columns} FROM keyed c \
-         LEFT JOIN (SELECT {keys}, {sequence} FROM tombstones WHERE NOT {TRUNCATE_FLAG}) t ON {same_key} \
          LEFT JOIN (SELECT 1 AS __one, {sequence} FROM tombstones WHERE {TRUNCATE_FLAG} \
                     ORDER BY {newest_first} LIMIT 1) w ON w.__one = 1 \
-         WHERE (t.{first_key} IS NULL OR NOT {}) AND (w.__one IS NULL OR {})",
+         WHERE NOT EXISTS (SELECT 1 FROM tombstones t WHERE NOT t.{TRUNCATE_FLAG} AND {same_key} AND {}) \
+           AND (w.__one IS NULL OR {})",
         // A delete whose tombstone a pass recorded before losing its silver commit (to a crash
         // or another writer) is as new as its tombstone, and must still reach silver.
         sequence_newer(&cfg.sequence_by, "t", "c"),
@@ -863,6 +865,9 @@ fn only_true(batch: &RecordBatch, column: &str) -> Result<RecordBatch> {
 /// Records deletes and truncates in the tombstones, and forgets the tombstone of a key that a
 /// newer change brought back. `rows` holds keys, sequence and the two flags (a truncate's keys are
 /// null), all newer than what the tombstones hold.
+///
+/// Most deletes are a key's first: they are appended, which rewrites no file. Only keys
+/// that already have a tombstone take a MERGE, which rewrites the files holding them.
 async fn record_tombstones(
     location: &str,
     tombstones: DeltaTable,
@@ -882,17 +887,83 @@ async fn record_tombstones(
     } else {
         tombstones
     };
+    let (first, known) = split_by_tombstone(&tombstones, rows, cfg, &stored).await?;
+    let mut table = tombstones;
+    if known.num_rows() > 0 {
+        table = merge_tombstones(location, table, known, cfg, &stored).await?;
+    }
+    if first.num_rows() > 0 {
+        table = table
+            .write(vec![first])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(delta_err(STAGE, location))?;
+    }
+    compact_if_fragmented(location, table).await
+}
+
+/// `rows` split into the first tombstones of their keys (deletes and truncates of keys without
+/// one, as stored), and the rows of keys that have one (as given).
+async fn split_by_tombstone(
+    tombstones: &DeltaTable,
+    rows: &RecordBatch,
+    cfg: &SilverConfig,
+    stored: &[String],
+) -> Result<(RecordBatch, RecordBatch)> {
+    const STAGE: &str = "silver";
+    let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let ctx = SessionContext::new();
-    let source = ctx
-        .read_batch(rows.clone())
+    ctx.register_batch("rows", rows.clone()).map_err(err)?;
+    let provider = tombstones
+        .table_provider()
+        .await
         .map_err(|e| stage_err(STAGE, e))?;
+    ctx.register_table("tombstones", provider).map_err(err)?;
+    // One read of the tombstones: each row flagged with whether its key has one.
+    let keys = columns_sql(&cfg.keys, q, ", ");
+    let same_key = columns_sql(&cfg.keys, |k| format!("r.{0} = t.{0}", q(k)), " AND ");
+    let flagged = sql_batch(
+        &ctx,
+        &format!(
+            "SELECT r.*, t.{first_key} IS NOT NULL AS __has_tombstone FROM rows r \
+             LEFT JOIN (SELECT DISTINCT {keys} FROM tombstones WHERE NOT {TRUNCATE_FLAG}) t ON {same_key}",
+            first_key = q(&cfg.keys[0]),
+        ),
+    )
+    .await?;
+    ctx.register_batch("flagged", flagged).map_err(err)?;
+    let first = sql_batch(
+        &ctx,
+        &format!(
+            "SELECT {} FROM flagged WHERE ({DELETE_FLAG} OR {TRUNCATE_FLAG}) AND NOT __has_tombstone",
+            columns_sql(stored, q, ", ")
+        ),
+    )
+    .await?;
+    let known = sql_batch(
+        &ctx,
+        "SELECT * EXCLUDE (__has_tombstone) FROM flagged WHERE __has_tombstone",
+    )
+    .await?;
+    Ok((first, known))
+}
+
+/// Moves the tombstones of `rows`' keys to newer deletes, and forgets those a newer change
+/// brought back.
+async fn merge_tombstones(
+    location: &str,
+    tombstones: DeltaTable,
+    rows: RecordBatch,
+    cfg: &SilverConfig,
+    stored: &[String],
+) -> Result<DeltaTable> {
+    const STAGE: &str = "silver";
+    let ctx = SessionContext::new();
+    let source = ctx.read_batch(rows).map_err(|e| stage_err(STAGE, e))?;
     let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
     let newer = sequence_newer(&cfg.sequence_by, "source", "target");
     let (table, _) = tombstones
-        .merge(
-            source,
-            format!("{} AND NOT source.{TRUNCATE_FLAG}", keys_match(&cfg.keys)),
-        )
+        .merge(source, keys_match(&cfg.keys))
         .with_source_alias("source")
         .with_target_alias("target")
         // Only newer changes move a tombstone: a pass working from an older view of bronze
@@ -906,17 +977,39 @@ async fn record_tombstones(
         .map_err(delta_err(STAGE, location))?
         .when_matched_delete(|d| d.predicate(format!("NOT source.{DELETE_FLAG} AND {newer}")))
         .map_err(delta_err(STAGE, location))?
-        .when_not_matched_insert(|i| {
-            insert_from_source(
-                i,
-                format!("source.{DELETE_FLAG} OR source.{TRUNCATE_FLAG}"),
-                &stored,
-            )
-        })
+        .when_not_matched_insert(|i| insert_from_source(i, format!("source.{DELETE_FLAG}"), stored))
         .map_err(delta_err(STAGE, location))?
         .await
         .map_err(delta_err(STAGE, location))?;
     Ok(table)
+}
+
+/// Appended tombstones come a small file per pass, and every pass reads them all: past
+/// `TOMBSTONE_FILES` files they are compacted into one. A compaction that loses to another
+/// writer is left for the next pass.
+async fn compact_if_fragmented(location: &str, table: DeltaTable) -> Result<DeltaTable> {
+    const STAGE: &str = "silver";
+    const TOMBSTONE_FILES: usize = 16;
+    let files = table
+        .get_file_uris()
+        .map_err(delta_err(STAGE, location))?
+        .count();
+    if files <= TOMBSTONE_FILES {
+        return Ok(table);
+    }
+    match table
+        .clone()
+        .optimize()
+        .await
+        .map_err(delta_err(STAGE, location))
+    {
+        Ok((table, _)) => Ok(table),
+        Err(e) if e.is_commit_conflict() => {
+            tracing::info!(table = %location, error = %e, "tombstone compaction lost a commit race; left for the next pass");
+            Ok(table)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes the silver rows older than the truncate (a row newer than it came from a change

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Errors that stopped a stage.
     pub errors: IntCounterVec,
     pub wasm_call_seconds: HistogramVec,
+    /// Time of a layer's pass that found input: read, component, commit.
+    pub layer_pass_seconds: HistogramVec,
     pub wasm_traps: IntCounterVec,
     /// Rows per silver expectation and result (`passed`, `failed`), with the rule's action.
     pub expectation_rows: IntCounterVec,
@@ -68,6 +70,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("valid histogram");
     r.register(Box::new(wasm_call_seconds.clone()))
         .expect("metric names are unique");
+    let layer_pass_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "weir_layer_pass_seconds",
+            "Time of a layer's pass that found new input: reading it, the component, the commit",
+        )
+        .buckets(prometheus::exponential_buckets(0.01, 2.0, 14).expect("valid buckets")),
+        &["stage"],
+    )
+    .expect("valid histogram");
+    r.register(Box::new(layer_pass_seconds.clone()))
+        .expect("metric names are unique");
     let behind = prometheus::GaugeVec::new(
         Opts::new(
             "weir_capture_behind_source_seconds",
@@ -99,6 +112,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["stage"],
         ),
         wasm_call_seconds,
+        layer_pass_seconds,
         wasm_traps: counter(
             &r,
             "weir_wasm_traps_total",

@@ -150,6 +150,7 @@ pub struct Record {
 }
 
 /// Builds change events for the captured tables.
+#[derive(Clone)]
 pub struct EventBuilder {
     tables: Vec<TableSchema>,
     by_name: HashMap<String, usize>,
@@ -159,6 +160,10 @@ pub struct EventBuilder {
     tombstones_on_delete: bool,
     /// JSON with schemas (`key/value.converter.schemas.enable=true`): `{"schema":…,"payload":…}`.
     schemas_enable: bool,
+    /// What binding a table again after a schema change needs.
+    topic_prefix: String,
+    db: String,
+    type_options: TypeOptions,
 }
 
 impl EventBuilder {
@@ -194,6 +199,22 @@ impl EventBuilder {
             slot_name: pipeline.source.slot_name.clone(),
             tombstones_on_delete: pipeline.source.tombstones_on_delete,
             schemas_enable: pipeline.source.schemas_enable,
+            topic_prefix: pipeline.kafka.topic_prefix.clone(),
+            db,
+            type_options,
+        }
+    }
+
+    /// The columns of a captured table, `None` for a table weir does not capture.
+    pub fn columns_of(&self, schema: &str, table: &str) -> Option<&[Column]> {
+        self.table(schema, table).map(TableSchema::columns)
+    }
+
+    /// Replaces a captured table's columns: events after a schema change carry the new ones.
+    pub fn replace_table(&mut self, mut table: TableSchema) {
+        if let Some(&i) = self.by_name.get(&table.qualified()) {
+            table.bind(&self.topic_prefix, &self.db, &self.type_options);
+            self.tables[i] = table;
         }
     }
 

@@ -5,10 +5,16 @@
 //! - `weir-bench transforms`: the bronze-cleanup component in the Wasm sandbox next to the same Rust
 //!   function called natively;
 //! - `weir-bench merge`: silver's APPLY CHANGES of 1,000,000 changes into 5,000,000 rows next to one
-//!   plain `deltalake` MERGE.
+//!   plain `deltalake` MERGE;
+//! - `weir-bench snapshot`: the snapshot of generated 536,350- and 10,000,000-row tables;
+//! - `weir-bench freshness`: commit in PostgreSQL to row visible in silver under a workload;
+//! - `weir-bench report`: all of them, written to `BENCHMARKS.md`.
 
 mod capture;
+mod freshness;
 mod merge;
+mod report;
+mod snapshot;
 mod transforms;
 
 use std::path::Path;
@@ -32,10 +38,15 @@ async fn main() -> Result<()> {
     match args.first().map_or("capture", String::as_str) {
         "capture" => capture::run().await,
         "transforms" => transforms::run(),
+        "freshness" => freshness::run().await,
+        "snapshot" => snapshot::run().await,
+        "report" => report::run(&args[1..]),
         "merge" => merge::run().await,
         "merge-contender" if args.len() == 4 => {
             merge::contender_main(&args[1], Path::new(&args[2]), Path::new(&args[3])).await
         }
-        other => bail!("unknown benchmark {other:?}: usage: weir-bench capture|transforms|merge"),
+        other => bail!(
+            "unknown benchmark {other:?}: usage: weir-bench capture|snapshot|freshness|transforms|merge|report"
+        ),
     }
 }

@@ -393,19 +393,15 @@ impl Layers {
 /// One pass of bronze, run again on a commit conflict, with the component's counters.
 async fn bronze_once(pipeline: &Pipeline, t: &mut Transform) -> Result<(String, LayerReport)> {
     let started = std::time::Instant::now();
-    let mut r = retrying_conflicts!("bronze", bronze_pass(pipeline, t))?;
-    r.counters = t.take_counters();
-    r.record_metrics("bronze", pipeline, started.elapsed());
-    Ok(("bronze".to_owned(), r))
+    let report = retrying_conflicts!("bronze", bronze_pass(pipeline, t))?;
+    Ok(finished("bronze".to_owned(), report, t, pipeline, started))
 }
 
 /// One pass of silver, as [`bronze_once`].
 async fn silver_once(pipeline: &Pipeline, t: &mut Transform) -> Result<(String, LayerReport)> {
     let started = std::time::Instant::now();
-    let mut r = retrying_conflicts!("silver", silver_pass(pipeline, t))?;
-    r.counters = t.take_counters();
-    r.record_metrics("silver", pipeline, started.elapsed());
-    Ok(("silver".to_owned(), r))
+    let report = retrying_conflicts!("silver", silver_pass(pipeline, t))?;
+    Ok(finished("silver".to_owned(), report, t, pipeline, started))
 }
 
 /// One pass of each gold table in turn, as [`bronze_once`].
@@ -417,12 +413,23 @@ async fn gold_once(
     for (name, t) in golds {
         let stage = format!("gold.{name}");
         let started = std::time::Instant::now();
-        let mut r = retrying_conflicts!(stage, gold_pass(pipeline, name, t))?;
-        r.counters = t.take_counters();
-        r.record_metrics(&stage, pipeline, started.elapsed());
-        out.push((stage, r));
+        let report = retrying_conflicts!(stage, gold_pass(pipeline, name, t))?;
+        out.push(finished(stage, report, t, pipeline, started));
     }
     Ok(out)
+}
+
+/// A finished pass's report with its component's counters, added to the metrics.
+fn finished(
+    stage: String,
+    mut report: LayerReport,
+    t: &mut Transform,
+    pipeline: &Pipeline,
+    started: std::time::Instant,
+) -> (String, LayerReport) {
+    report.counters = t.take_counters();
+    report.record_metrics(&stage, pipeline, started.elapsed());
+    (stage, report)
 }
 
 /// `batch` without the named columns.
@@ -641,8 +648,6 @@ fn table_properties(stage: &str) -> [(&'static str, Option<&str>); 3] {
     ]
 }
 
-/// Reads a table's change feed for versions `from..=to`, without the change-feed columns, with
-/// each batch's change types (`insert`, `update_preimage`, `update_postimage`, `delete`).
 /// The change feed of `table` from version `from` on: up to ten versions, up to `latest`, while
 /// they hold at most ROWS_PER_COMMIT rows together (one version at least), so that the next
 /// layer's component takes them in one call within its memory limit. Returns the last version
@@ -670,6 +675,8 @@ async fn read_changes_bounded(
     }
 }
 
+/// Reads a table's change feed for versions `from..=to`, without the change-feed columns, with
+/// each batch's change types (`insert`, `update_preimage`, `update_postimage`, `delete`).
 async fn read_changes(
     stage: &str,
     location: &str,

@@ -2,11 +2,12 @@
 
 use super::*;
 
+const STAGE: &str = "bronze";
+
 pub(super) async fn bronze_pass(
     pipeline: &Pipeline,
     transform: &mut Transform,
 ) -> Result<LayerReport> {
-    const STAGE: &str = "bronze";
     let location = &pipeline.bronze.layer.table;
     let mut table = open(STAGE, location).await?;
     let (store, _) = storage::open(&pipeline.landing.location)?;
@@ -88,7 +89,6 @@ pub(super) async fn landing_progress(
     pipeline: &Pipeline,
     bronze: &DeltaTable,
 ) -> Result<LandingProgress> {
-    const STAGE: &str = "bronze";
     let location = &pipeline.bronze.layer.table;
     let (store, root) = storage::open(&pipeline.landing.location)?;
     let files = landing::list_files(&*store, &root, &pipeline.bronze.source_table).await?;
@@ -116,7 +116,6 @@ async fn read_landing_file(
     file: &LandingFile,
     after_offset: i64,
 ) -> Result<RecordBatch> {
-    const STAGE: &str = "bronze";
     let bad = |e: String| stage_err(STAGE, format!("landing file {}: {e}", file.path));
     let bytes = storage::get(store, &file.path)
         .await?
@@ -150,7 +149,6 @@ async fn commit_bronze(
     files: &[LandingFile],
     report: &mut LayerReport,
 ) -> Result<DeltaTable> {
-    const STAGE: &str = "bronze";
     let location = &pipeline.bronze.layer.table;
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     for f in files {

@@ -7,11 +7,12 @@ use deltalake::datafusion::scalar::ScalarValue;
 use super::*;
 use crate::config::{ColumnSelection, ScdType, SilverConfig};
 
+const STAGE: &str = "silver";
+
 pub(super) async fn silver_pass(
     pipeline: &Pipeline,
     transform: &mut Transform,
 ) -> Result<LayerReport> {
-    const STAGE: &str = "silver";
     let silver_location = &pipeline.silver.layer.table;
     let mut report = LayerReport::default();
     let mut bronze = open(STAGE, &pipeline.bronze.layer.table).await?;
@@ -129,7 +130,6 @@ const FAILED_EXPECTATIONS: &str = "_failed_expectations";
 /// component's output, deletes and truncates excepted: counts each rule, stops on a failed `fail`
 /// rule, and separates the rows a `drop` rule removes.
 pub(super) async fn apply_expectations(pipeline: &Pipeline, batch: RecordBatch) -> Result<Checked> {
-    const STAGE: &str = "silver";
     let expectations = &pipeline.silver.expectations;
     let mut counts = BTreeMap::new();
     if expectations.is_empty() {
@@ -275,7 +275,6 @@ async fn quarantine(
     dropped: RecordBatch,
     txns: Vec<Transaction>,
 ) -> Result<()> {
-    const STAGE: &str = "silver";
     let Some(location) = &pipeline.silver.quarantine_table else {
         return Ok(());
     };
@@ -335,7 +334,6 @@ async fn apply_changes(
     changes: RecordBatch,
     txns: Vec<Transaction>,
 ) -> Result<DeltaTable> {
-    const STAGE: &str = "silver";
     let cfg = &pipeline.silver;
     let location = &cfg.layer.table;
     let target_columns: Vec<String> = changes
@@ -423,7 +421,6 @@ fn file_aligned_chunks(
     batch: &RecordBatch,
     cfg: &SilverConfig,
 ) -> Result<Vec<RecordBatch>> {
-    const STAGE: &str = "silver";
     let location = &cfg.layer.table;
     let whole = || Ok(vec![batch.clone()]);
     let limit = cfg.max_changes_per_merge;
@@ -504,7 +501,6 @@ async fn merge_versions(
     cfg: &SilverConfig,
     txns: Vec<Transaction>,
 ) -> Result<DeltaTable> {
-    const STAGE: &str = "silver";
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let ctx = SessionContext::new();
     ctx.register_batch("keyed", keyed).map_err(err)?;
@@ -748,7 +744,6 @@ async fn drop_superseded(
     tombstones: &DeltaTable,
     cfg: &SilverConfig,
 ) -> Result<RecordBatch> {
-    const STAGE: &str = "silver";
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let schema = keyed.schema();
     ctx.register_batch("keyed", keyed).map_err(err)?;
@@ -790,7 +785,6 @@ async fn tombstone_rows(
     cfg: &SilverConfig,
     truncate: bool,
 ) -> Result<RecordBatch> {
-    const STAGE: &str = "silver";
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let ctx = SessionContext::new();
     ctx.register_batch("rows", rows.clone()).map_err(err)?;
@@ -843,7 +837,6 @@ fn columns_sql(columns: &[String], each: impl Fn(&str) -> String, separator: &st
 
 /// Runs `sql` and gathers its rows in one batch of the query's schema (empty when no rows).
 async fn sql_batch(ctx: &SessionContext, sql: &str) -> Result<RecordBatch> {
-    const STAGE: &str = "silver";
     let err = |e: deltalake::datafusion::error::DataFusionError| {
         stage_err(STAGE, format!("{e} (in `{sql}`)"))
     };
@@ -874,7 +867,6 @@ async fn record_tombstones(
     rows: &RecordBatch,
     cfg: &SilverConfig,
 ) -> Result<DeltaTable> {
-    const STAGE: &str = "silver";
     let stored: Vec<String> = cfg
         .keys
         .iter()
@@ -910,7 +902,6 @@ async fn split_by_tombstone(
     cfg: &SilverConfig,
     stored: &[String],
 ) -> Result<(RecordBatch, RecordBatch)> {
-    const STAGE: &str = "silver";
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let ctx = SessionContext::new();
     ctx.register_batch("rows", rows.clone()).map_err(err)?;
@@ -957,7 +948,6 @@ async fn merge_tombstones(
     cfg: &SilverConfig,
     stored: &[String],
 ) -> Result<DeltaTable> {
-    const STAGE: &str = "silver";
     let ctx = SessionContext::new();
     let source = ctx.read_batch(rows).map_err(|e| stage_err(STAGE, e))?;
     let src = |c: &str| Expr::Column(Column::new(Some("source"), c));
@@ -988,7 +978,6 @@ async fn merge_tombstones(
 /// `TOMBSTONE_FILES` files they are compacted into one. A compaction that loses to another
 /// writer is left for the next pass.
 async fn compact_if_fragmented(location: &str, table: DeltaTable) -> Result<DeltaTable> {
-    const STAGE: &str = "silver";
     const TOMBSTONE_FILES: usize = 16;
     let files = table
         .get_file_uris()
@@ -1020,7 +1009,6 @@ async fn truncate_older(
     truncate: &RecordBatch,
     cfg: &SilverConfig,
 ) -> Result<DeltaTable> {
-    const STAGE: &str = "silver";
     let bound = |column: &String| -> Result<(Expr, Expr)> {
         let array = truncate
             .column_by_name(column)
@@ -1064,7 +1052,6 @@ async fn merge_keyed(
     cfg: &SilverConfig,
     txns: Vec<Transaction>,
 ) -> Result<DeltaTable> {
-    const STAGE: &str = "silver";
     let before_version = silver.version();
     let schema = changes.schema();
     // Only columns where some change carries the placeholder need the CASE that keeps the stored

@@ -285,6 +285,7 @@ impl LoadedComponent {
                 loaded: self.clone(),
                 config: config.clone(),
                 trapped: false,
+                input_ipc: Vec::new(),
             }),
             Ok(Err(e)) => Err(configure_err(e.message)),
             Err(trap) => Err(configure_err(describe_trap(&trap, limits))),
@@ -307,6 +308,9 @@ pub struct Transform {
     loaded: LoadedComponent,
     config: serde_json::Value,
     trapped: bool,
+    /// The last input's encoding, whose allocation the next call reuses: a fresh one of a few
+    /// megabytes per call would cost its page faults and regrowth again each time.
+    input_ipc: Vec<u8>,
 }
 
 impl Transform {
@@ -324,7 +328,9 @@ impl Transform {
             // A trapped instance cannot be entered again.
             self.replace_instance()?;
         }
-        let input = encode_ipc(batch).map_err(|e| fail(format!("cannot encode input: {e}")))?;
+        let mut input = std::mem::take(&mut self.input_ipc);
+        encode_ipc_into(batch, &mut input)
+            .map_err(|e| fail(format!("cannot encode input: {e}")))?;
         let limits = self.loaded.host.limits;
         arm(&mut self.store, limits);
         let (instance, store) = (&self.instance, &mut self.store);
@@ -333,6 +339,7 @@ impl Transform {
             Instance::Row(i) => i.call_transform(&mut *store, &input),
             Instance::Agg(i) => i.call_aggregate(&mut *store, &input),
         });
+        self.keep_input_buffer(input);
         let component_name = component.display().to_string();
         let labels = [self.stage.as_str(), component_name.as_str()];
         let m = crate::observe::metrics();
@@ -373,10 +380,20 @@ impl Transform {
         }
     }
 
+    /// Keeps the input buffer for the next call, unless an unusually large batch grew it.
+    fn keep_input_buffer(&mut self, mut input: Vec<u8>) {
+        const KEEP_AT_MOST_BYTES: usize = 64 << 20;
+        if input.capacity() <= KEEP_AT_MOST_BYTES {
+            input.clear();
+            self.input_ipc = input;
+        }
+    }
+
     /// Starts a fresh instance of the component in place of this one, keeping the counts.
     fn replace_instance(&mut self) -> Result<()> {
         let mut fresh = self.loaded.instantiate(&self.stage, &self.config)?;
         fresh.store.data_mut().counters = std::mem::take(&mut self.store.data_mut().counters);
+        fresh.input_ipc = std::mem::take(&mut self.input_ipc);
         *self = fresh;
         Ok(())
     }
@@ -603,12 +620,18 @@ impl row::weir::transform::types::Host for GuestState {}
 
 /// Arrow IPC stream bytes for one batch: the format of every call across the boundary.
 pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())?;
-    writer.write(batch)?;
-    writer.finish()?;
-    drop(writer);
+    let mut out = Vec::new();
+    encode_ipc_into(batch, &mut out)?;
     Ok(out)
+}
+
+/// [`encode_ipc`] into `out`, replacing what it held.
+fn encode_ipc_into(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), arrow::error::ArrowError> {
+    out.clear();
+    out.reserve(batch.get_array_memory_size() + 1024);
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut *out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()
 }
 
 /// Reads an Arrow IPC stream back into one batch (concatenating if the guest wrote several). The

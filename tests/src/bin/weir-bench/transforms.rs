@@ -1,7 +1,7 @@
 //! The bronze layer's cost in the sandbox: `bronze-cleanup` as a Wasm component (Arrow IPC across
 //! the boundary, as a pipeline runs it) next to the same Rust function called natively, on
 //! 1,000,000 landing rows in batches of 10,000; then instantiation time and the per-call overhead of
-//! an empty batch.
+//! an empty batch. Five rounds alternate the two; the medians are compared.
 //!
 //! The rows are Debezium events as weir emits them for the onlineshop table (decimals as strings,
 //! as `pipelines/onlineshop.toml` sets), built from the quickstart's CSV: 60% inserts, 30% updates
@@ -20,21 +20,13 @@ use weir_tests::repo_root;
 const ROWS: usize = 1_000_000;
 const BATCH_ROWS: usize = 10_000;
 const EMPTY_CALLS: u32 = 1_000;
+const ROUNDS: usize = 5;
 
 pub fn run() -> Result<()> {
     println!("building {ROWS} landing rows in batches of {BATCH_ROWS}…");
     let batches = landing_batches(ROWS)?;
     let component =
         repo_root().join("guest-examples/target/wasm32-wasip2/release/bronze_cleanup.wasm");
-
-    // Native: the component's own crate, linked into this binary.
-    let started = Instant::now();
-    let mut native_rows = 0;
-    for batch in &batches {
-        let out = bronze_cleanup::cleanup(batch).map_err(|e| anyhow::anyhow!("native: {e:?}"))?;
-        native_rows += out.num_rows();
-    }
-    let native = started.elapsed();
 
     // Wasm: one engine, one instance, one call per batch, as a pipeline's bronze stage.
     let limits = WasmLimits {
@@ -52,15 +44,37 @@ pub fn run() -> Result<()> {
         let transform = loaded.instantiate("bronze", &json!({}))?;
         (load, started.elapsed(), transform)
     };
-    let started = Instant::now();
-    let mut wasm_rows = 0;
-    for (i, batch) in batches.iter().enumerate() {
-        wasm_rows += transform.call(batch, &format!("batch {i}"))?.num_rows();
+
+    // Rounds alternate the two, so that a noisy neighbour on the machine slows both alike; the
+    // medians are compared.
+    let (mut native_times, mut wasm_times) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        // Native: the component's own crate, linked into this binary.
+        let started = Instant::now();
+        let mut native_rows = 0;
+        for batch in &batches {
+            let out =
+                bronze_cleanup::cleanup(batch).map_err(|e| anyhow::anyhow!("native: {e:?}"))?;
+            native_rows += out.num_rows();
+        }
+        native_times.push(started.elapsed());
+
+        let started = Instant::now();
+        let mut wasm_rows = 0;
+        for (i, batch) in batches.iter().enumerate() {
+            wasm_rows += transform.call(batch, &format!("batch {i}"))?.num_rows();
+        }
+        wasm_times.push(started.elapsed());
+        if wasm_rows != native_rows {
+            bail!("the component returned {wasm_rows} rows, the native function {native_rows}");
+        }
+        println!(
+            "  round {round}: native {:.3} s, Wasm {:.3} s",
+            native_times[round - 1].as_secs_f64(),
+            wasm_times[round - 1].as_secs_f64()
+        );
     }
-    let wasm = started.elapsed();
-    if wasm_rows != native_rows {
-        bail!("the component returned {wasm_rows} rows, the native function {native_rows}");
-    }
+    let (native, wasm) = (median(&mut native_times), median(&mut wasm_times));
 
     // The host's share of the boundary: encoding inputs and decoding outputs as IPC.
     let started = Instant::now();
@@ -90,12 +104,12 @@ pub fn run() -> Result<()> {
         batches.len()
     );
     println!(
-        "  native Rust function               {:7.2} s  {:>10.0} rows/s",
+        "  native Rust function (median)      {:7.2} s  {:>10.0} rows/s",
         native.as_secs_f64(),
         rate(native)
     );
     println!(
-        "  Wasm component (IPC in and out)    {:7.2} s  {:>10.0} rows/s",
+        "  Wasm component, IPC in+out (median){:7.2} s  {:>10.0} rows/s",
         wasm.as_secs_f64(),
         rate(wasm)
     );
@@ -126,6 +140,11 @@ pub fn run() -> Result<()> {
         if ratio <= 1.5 { "met" } else { "MISSED" }
     );
     Ok(())
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
 }
 
 fn ms(d: Duration) -> f64 {

@@ -381,10 +381,9 @@ impl Transform {
     }
 
     /// Keeps the input buffer for the next call, unless an unusually large batch grew it.
-    fn keep_input_buffer(&mut self, mut input: Vec<u8>) {
+    fn keep_input_buffer(&mut self, input: Vec<u8>) {
         const KEEP_AT_MOST_BYTES: usize = 64 << 20;
         if input.capacity() <= KEEP_AT_MOST_BYTES {
-            input.clear();
             self.input_ipc = input;
         }
     }

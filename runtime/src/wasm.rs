@@ -124,6 +124,11 @@ impl WasmHost {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(limits.fuel.is_some());
+        // Component authors profile their guests with `perf`: WEIR_WASM_PROFILER=perfmap writes
+        // /tmp/perf-<pid>.map, which names the compiled guest functions in `perf report`.
+        if std::env::var("WEIR_WASM_PROFILER").as_deref() == Ok("perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // The on-disk cache makes restarts skip Cranelift; failing to set it up only costs time.
         match wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
             Ok(cache) => {

@@ -136,12 +136,11 @@ pub fn date(value: Value<'_>) -> Result<Option<i32>, String> {
 }
 
 fn date_text(text: &str) -> Option<i32> {
-    let (year, month, day) = if let Some((month, rest)) = text.split_once('/') {
-        let (day, year) = rest.split_once('/')?;
-        (year, month, day)
-    } else {
-        let mut parts = text.splitn(3, '-');
-        (parts.next()?, parts.next()?, parts.next()?)
+    // Bytes, not `str::split_once`: its general search costs more than the whole date in Wasm.
+    let bytes = text.as_bytes();
+    let (year, month, day) = match split3(bytes, b'/') {
+        Some((month, day, year)) => (year, month, day),
+        None => split3(bytes, b'-')?,
     };
     let year = digits(year, 4, 4)?;
     let month = digits(month, 1, 2)?;
@@ -152,9 +151,21 @@ fn date_text(text: &str) -> Option<i32> {
     i32::try_from(days_from_civil(year, month, day)).ok()
 }
 
-fn digits(text: &str, min_len: usize, max_len: usize) -> Option<i64> {
-    let ok = (min_len..=max_len).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
-    ok.then(|| text.parse().ok()).flatten()
+/// `a<separator>b<separator>c`, with no separator in `c` either.
+fn split3(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8], &[u8])> {
+    let first = bytes.iter().position(|&b| b == separator)?;
+    let (a, rest) = (&bytes[..first], &bytes[first + 1..]);
+    let second = rest.iter().position(|&b| b == separator)?;
+    let (b, c) = (&rest[..second], &rest[second + 1..]);
+    (!c.contains(&separator)).then_some((a, b, c))
+}
+
+fn digits(text: &[u8], min_len: usize, max_len: usize) -> Option<i64> {
+    let ok = (min_len..=max_len).contains(&text.len()) && text.iter().all(u8::is_ascii_digit);
+    ok.then(|| {
+        text.iter()
+            .fold(0, |value, digit| value * 10 + i64::from(digit - b'0'))
+    })
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {

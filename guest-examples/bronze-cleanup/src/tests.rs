@@ -474,6 +474,29 @@ fn unparseable_date_is_a_row_error_naming_the_value() {
 }
 
 #[test]
+fn dates_with_missing_extra_or_mixed_separators_are_row_errors() {
+    for bad in [
+        "1/2/3/2010",
+        "2019-12-09-1",
+        "12/1-2010",
+        "12/2010",
+        "2019-12",
+        "/1/2010",
+        "12//2010",
+    ] {
+        let after = images(&[Some(Sale {
+            date: Some(bad),
+            ..Sale::typical(1)
+        })]);
+        let error = run(&inserts(after)).err();
+        assert!(
+            matches!(&error, Some(TransformError { row: Some(0), message }) if message.contains(bad)),
+            "{bad}: {error:?}"
+        );
+    }
+}
+
+#[test]
 fn text_is_trimmed_and_inner_whitespace_collapsed() -> Result<()> {
     let after = images(&[Some(Sale {
         productname: Some("  WHITE   HANGING\tHEART  "),

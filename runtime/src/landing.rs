@@ -401,6 +401,8 @@ struct Buffer {
     topic: String,
     partition: i32,
     rows: Vec<Value>,
+    /// Each row's offset and event size, to rewind on a redelivery.
+    offsets: Vec<(i64, usize)>,
     first_offset: i64,
     last_offset: i64,
     first_timestamp_ms: Option<i64>,
@@ -417,6 +419,7 @@ impl Buffer {
             topic: topic.to_owned(),
             partition,
             rows: Vec::new(),
+            offsets: Vec::new(),
             first_offset: -1,
             last_offset: -1,
             first_timestamp_ms: None,
@@ -453,15 +456,42 @@ impl Buffer {
             msg.timestamp().to_millis(),
         )
         .map_err(bad)?;
+        self.push_row(
+            msg.offset(),
+            msg.timestamp().to_millis(),
+            payload.len(),
+            row,
+        );
+        Ok(())
+    }
+
+    fn push_row(&mut self, offset: i64, timestamp_ms: Option<i64>, size: usize, row: Value) {
+        // The consumer went back (a rebalance that handed the partition back, a fetch restarted
+        // after a broker restart): it delivers again from its committed offset, which this
+        // buffer's rows all follow. Those from `offset` on come again now, so they go.
+        if self.offsets.last().is_some_and(|&(last, _)| offset <= last) {
+            let keep = self.offsets.partition_point(|&(o, _)| o < offset);
+            self.bytes -= self.offsets[keep..]
+                .iter()
+                .map(|&(_, size)| size)
+                .sum::<usize>();
+            self.rows.truncate(keep);
+            self.offsets.truncate(keep);
+            tracing::info!(
+                partition = self.partition,
+                offset,
+                "events delivered again; the buffer rewinds to them"
+            );
+        }
         if self.rows.is_empty() {
-            self.first_offset = msg.offset();
-            self.first_timestamp_ms = msg.timestamp().to_millis();
+            self.first_offset = offset;
+            self.first_timestamp_ms = timestamp_ms;
             self.opened = Some(std::time::Instant::now());
         }
-        self.last_offset = msg.offset();
-        self.bytes += payload.len();
+        self.last_offset = offset;
+        self.bytes += size;
         self.rows.push(row);
-        Ok(())
+        self.offsets.push((offset, size));
     }
 }
 
@@ -744,6 +774,45 @@ pub async fn list_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events pushed as the consumer delivered them: (offset, event size).
+    fn buffer_after(deliveries: &[(i64, usize)]) -> Buffer {
+        let mut buffer = Buffer::new("t", 0);
+        for &(offset, size) in deliveries {
+            buffer.push_row(offset, Some(0), size, json!({ "kafka_offset": offset }));
+        }
+        buffer
+    }
+
+    fn offsets_in(buffer: &Buffer) -> Vec<i64> {
+        buffer
+            .rows
+            .iter()
+            .filter_map(|r| r["kafka_offset"].as_i64())
+            .collect()
+    }
+
+    #[test]
+    fn events_delivered_again_replace_their_first_delivery_in_the_buffer() {
+        // A file once held offsets 70468..71885 twice: the consumer went back after a broker
+        // restart while they were buffered.
+        let buffer = buffer_after(&[(10, 1), (11, 2), (12, 4), (11, 2), (12, 4), (13, 8)]);
+        assert_eq!(offsets_in(&buffer), [10, 11, 12, 13]);
+        assert_eq!(
+            (buffer.first_offset, buffer.last_offset, buffer.bytes),
+            (10, 13, 15)
+        );
+    }
+
+    #[test]
+    fn a_redelivery_from_before_the_buffer_starts_it_over() {
+        let buffer = buffer_after(&[(10, 1), (11, 1), (8, 1), (9, 1)]);
+        assert_eq!(offsets_in(&buffer), [8, 9]);
+        assert_eq!(
+            (buffer.first_offset, buffer.last_offset, buffer.bytes),
+            (8, 9, 2)
+        );
+    }
 
     #[test]
     fn landing_file_names_round_trip_offsets() {

@@ -1,8 +1,9 @@
 //! The fault-injection suite's short form: `scripts/faults --short` kills each stage's process,
 //! crashes the broker and PostgreSQL, stalls and cuts the object store and deploys a trapping
 //! component while a workload runs, then checks that silver equals the source, gold equals the
-//! GROUP BY, the topic holds every committed change and no offset landed twice. It runs on
-//! services of its own (target/faults/services), so the crashes do not reach the other tests.
+//! GROUP BY, the topic holds every committed change, no offset is in two landing files and bronze
+//! holds each of the topic's change events exactly once. It runs on services of its own
+//! (target/faults/services), so the crashes do not reach the other tests.
 
 use anyhow::{Result, ensure};
 

@@ -9,8 +9,9 @@
 //!
 //! Then, with the faults over and the workload stopped, weir must catch up to: silver equal to the
 //! source table, gold equal to PostgreSQL's GROUP BY, every committed change in the topic (checked
-//! against a second, `test_decoding` slot), no offset in two landing files and none twice in
-//! bronze. It prints each fault as it injects it, what the processes died of, and each check.
+//! against a second, `test_decoding` slot), no offset in two landing files, and every change event
+//! of the topic in bronze exactly once. It prints each fault as it injects it, what the processes
+//! died of, and each check.
 //!
 //! `--short` (CI) injects each fault once in a minute of workload; the default (long form) injects
 //! random faults for `--minutes`.

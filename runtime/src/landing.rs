@@ -477,6 +477,11 @@ impl Buffer {
                 .sum::<usize>();
             self.rows.truncate(keep);
             self.offsets.truncate(keep);
+            // A tombstone among them comes again too; committing past it now would skip the
+            // events between the rewound buffer and it.
+            if self.skipped_to.is_some_and(|skipped| skipped >= offset) {
+                self.skipped_to = None;
+            }
             tracing::info!(
                 partition = self.partition,
                 offset,
@@ -802,6 +807,15 @@ mod tests {
             (buffer.first_offset, buffer.last_offset, buffer.bytes),
             (10, 13, 15)
         );
+    }
+
+    #[test]
+    fn a_redelivery_forgets_a_tombstone_it_will_deliver_again() {
+        let mut buffer = buffer_after(&[(10, 1), (11, 1)]);
+        buffer.skipped_to = Some(12);
+        buffer.push_row(11, Some(0), 1, json!({ "kafka_offset": 11 }));
+        // Flushed now, the buffer must not commit past 11: 12 comes again.
+        assert_eq!((buffer.last_offset, buffer.skipped_to), (11, None));
     }
 
     #[test]

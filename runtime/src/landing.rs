@@ -401,10 +401,9 @@ struct Buffer {
     topic: String,
     partition: i32,
     rows: Vec<Value>,
-    /// Each row's offset and event size, to rewind on a redelivery.
+    /// Each row's offset and event size, in delivery order: the file's offset range, and what
+    /// a redelivery rewinds.
     offsets: Vec<(i64, usize)>,
-    first_offset: i64,
-    last_offset: i64,
     first_timestamp_ms: Option<i64>,
     /// Offset of a trailing tombstone, committed even when no file is written.
     skipped_to: Option<i64>,
@@ -420,13 +419,20 @@ impl Buffer {
             partition,
             rows: Vec::new(),
             offsets: Vec::new(),
-            first_offset: -1,
-            last_offset: -1,
             first_timestamp_ms: None,
             skipped_to: None,
             bytes: 0,
             opened: None,
         }
+    }
+
+    /// The first and last offsets of its rows (-1 without rows).
+    fn first_offset(&self) -> i64 {
+        self.offsets.first().map_or(-1, |&(offset, _)| offset)
+    }
+
+    fn last_offset(&self) -> i64 {
+        self.offsets.last().map_or(-1, |&(offset, _)| offset)
     }
 
     /// Whether the buffer has reached any of the landing zone's file limits.
@@ -489,11 +495,9 @@ impl Buffer {
             );
         }
         if self.rows.is_empty() {
-            self.first_offset = offset;
             self.first_timestamp_ms = timestamp_ms;
             self.opened = Some(std::time::Instant::now());
         }
-        self.last_offset = offset;
         self.bytes += size;
         self.rows.push(row);
         self.offsets.push((offset, size));
@@ -654,8 +658,8 @@ impl Lander<'_> {
             let encode_err = |message: String| LandingError::Encode {
                 topic: buffer.topic.clone(),
                 partition: buffer.partition,
-                first: buffer.first_offset,
-                last: buffer.last_offset,
+                first: buffer.first_offset(),
+                last: buffer.last_offset(),
                 message,
             };
             let batch = rows_to_batch(&buffer.rows).map_err(encode_err)?;
@@ -672,15 +676,17 @@ impl Lander<'_> {
                 .join(format!("date={date}"));
             let path = folder.clone().join(format!(
                 "{}-{:020}-{:020}.parquet",
-                buffer.partition, buffer.first_offset, buffer.last_offset
+                buffer.partition,
+                buffer.first_offset(),
+                buffer.last_offset()
             ));
             let file_bytes = bytes.len();
             storage::put(self.store, &path, bytes).await?;
             let key = (buffer.topic.clone(), buffer.partition);
-            if self.written.get(&key) != Some(&(buffer.first_offset - 1)) {
+            if self.written.get(&key) != Some(&(buffer.first_offset() - 1)) {
                 self.remove_overlapped(&folder, &path, &buffer).await?;
             }
-            self.written.insert(key, buffer.last_offset);
+            self.written.insert(key, buffer.last_offset());
             tracing::info!(file = %path, rows = buffer.rows.len(), "landed change file");
             let m = crate::observe::metrics();
             m.landing_files.with_label_values(&[table]).inc();
@@ -695,7 +701,8 @@ impl Lander<'_> {
             self.report.events += buffer.rows.len();
             self.report.event_bytes += buffer.bytes;
             self.report.file_bytes += file_bytes;
-            commit_to = Some(commit_to.map_or(buffer.last_offset, |t| t.max(buffer.last_offset)));
+            commit_to =
+                Some(commit_to.map_or(buffer.last_offset(), |t| t.max(buffer.last_offset())));
         }
         if let Some(last) = commit_to {
             let mut tpl = TopicPartitionList::new();
@@ -738,7 +745,7 @@ impl Lander<'_> {
             };
             if file.partition == buffer.partition
                 && file.path != *written
-                && file.first_offset >= buffer.first_offset
+                && file.first_offset >= buffer.first_offset()
             {
                 tracing::info!(file = %file.path, replaced_by = %written, "removing a landing file a crashed writer left uncommitted");
                 storage::delete(self.store, &file.path).await?;
@@ -804,7 +811,7 @@ mod tests {
         let buffer = buffer_after(&[(10, 1), (11, 2), (12, 4), (11, 2), (12, 4), (13, 8)]);
         assert_eq!(offsets_in(&buffer), [10, 11, 12, 13]);
         assert_eq!(
-            (buffer.first_offset, buffer.last_offset, buffer.bytes),
+            (buffer.first_offset(), buffer.last_offset(), buffer.bytes),
             (10, 13, 15)
         );
     }
@@ -815,7 +822,7 @@ mod tests {
         buffer.skipped_to = Some(12);
         buffer.push_row(11, Some(0), 1, json!({ "kafka_offset": 11 }));
         // Flushed now, the buffer must not commit past 11: 12 comes again.
-        assert_eq!((buffer.last_offset, buffer.skipped_to), (11, None));
+        assert_eq!((buffer.last_offset(), buffer.skipped_to), (11, None));
     }
 
     #[test]
@@ -823,7 +830,7 @@ mod tests {
         let buffer = buffer_after(&[(10, 1), (11, 1), (8, 1), (9, 1)]);
         assert_eq!(offsets_in(&buffer), [8, 9]);
         assert_eq!(
-            (buffer.first_offset, buffer.last_offset, buffer.bytes),
+            (buffer.first_offset(), buffer.last_offset(), buffer.bytes),
             (8, 9, 2)
         );
     }

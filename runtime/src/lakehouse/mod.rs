@@ -122,7 +122,7 @@ macro_rules! retrying_conflicts {
     ($stage:expr, $pass:expr) => {{
         let mut attempt = 0;
         loop {
-            match $pass.await {
+            match panic_as_error(&$stage, $pass).await {
                 Err(e) if e.is_commit_conflict() && attempt < CONFLICT_RETRIES => {
                     attempt += 1;
                     crate::observe::metrics()
@@ -138,6 +138,29 @@ macro_rules! retrying_conflicts {
             }
         }
     }};
+}
+
+/// Runs one pass, turning a panic inside it into the layer's error, so the process reports which
+/// layer failed and exits as on any other error. object_store's `BufWriter` panics ("Already shut
+/// down") when delta-rs writes to it again after an upload failed (apache/arrow-rs-object-store#810).
+/// What the pass wrote before the panic was never committed; the layer's in-memory state may be
+/// half-updated, which is why this is an error for the caller and never retried here.
+async fn panic_as_error<T>(stage: &str, pass: impl Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(pass).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let cause = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(stage_err(
+                stage,
+                format!("the pass panicked and committed nothing: {cause}"),
+            ))
+        }
+    }
 }
 
 /// Rows per Delta commit (and so per component call) in the bronze and silver stages.
@@ -799,4 +822,38 @@ pub async fn query(pipeline: &Pipeline, sql: &str) -> Result<Vec<RecordBatch>> {
     }
     let df = ctx.sql(sql).await.map_err(|e| stage_err(STAGE, e))?;
     df.collect().await.map_err(|e| stage_err(STAGE, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_that_panics_fails_its_layer_with_the_panic_message() {
+        let pass = async {
+            if true {
+                panic!("Already shut down");
+            }
+            Ok(())
+        };
+        let err = futures::executor::block_on(panic_as_error("gold.sales", pass)).unwrap_err();
+        assert_eq!(err.stage(), "gold.sales");
+        assert_eq!(
+            err.to_string(),
+            "gold.sales: the pass panicked and committed nothing: Already shut down"
+        );
+    }
+
+    #[test]
+    fn a_pass_that_returns_is_passed_through() {
+        let ok = futures::executor::block_on(panic_as_error("bronze", async { Ok(7) }));
+        assert_eq!(ok.unwrap(), 7);
+        let failed = futures::executor::block_on(panic_as_error::<()>("bronze", async {
+            Err(stage_err("bronze", "the store refused the write"))
+        }));
+        assert_eq!(
+            failed.unwrap_err().to_string(),
+            "bronze: the store refused the write"
+        );
+    }
 }

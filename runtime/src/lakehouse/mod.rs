@@ -866,7 +866,8 @@ mod tests {
             }
             Ok(())
         };
-        let err = futures::executor::block_on(panic_as_error("gold.sales", pass)).unwrap_err();
+        let err = futures::executor::block_on(panic_as_error("gold.sales", pass))
+            .expect_err("a panicking pass is an error");
         assert_eq!(err.stage(), "gold.sales");
         assert_eq!(
             err.to_string(),
@@ -877,12 +878,12 @@ mod tests {
     #[test]
     fn a_pass_that_returns_is_passed_through() {
         let ok = futures::executor::block_on(panic_as_error("bronze", async { Ok(7) }));
-        assert_eq!(ok.unwrap(), 7);
+        assert_eq!(ok.ok(), Some(7));
         let failed = futures::executor::block_on(panic_as_error::<()>("bronze", async {
             Err(stage_err("bronze", "the store refused the write"))
         }));
         assert_eq!(
-            failed.unwrap_err().to_string(),
+            failed.expect_err("the pass failed").to_string(),
             "bronze: the store refused the write"
         );
     }

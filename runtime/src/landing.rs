@@ -212,7 +212,7 @@ pub async fn run(
             }
         }
     }
-    let committed = |consumer: &rdkafka::consumer::StreamConsumer| -> BTreeMap<(String, i32), i64> {
+    let committed = |consumer: &transport::GroupConsumer| -> BTreeMap<(String, i32), i64> {
         let mut out = BTreeMap::new();
         if let Ok(assignment) = consumer.assignment()
             && let Ok(tpl) = consumer.committed_offsets(assignment, Duration::from_secs(10))
@@ -641,7 +641,7 @@ pub fn rows_to_batch(rows: &[Value]) -> std::result::Result<RecordBatch, String>
 
 /// Writes buffers as files and commits their offsets.
 struct Lander<'a> {
-    consumer: &'a rdkafka::consumer::StreamConsumer,
+    consumer: &'a transport::GroupConsumer,
     store: &'a dyn ObjectStore,
     root: &'a StorePath,
     /// The `schema.table` whose topic this lands (the topic prefix may hold dots too).

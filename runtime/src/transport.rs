@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
@@ -210,8 +210,38 @@ impl ChangeProducer {
     }
 }
 
+/// A consumer in the pipeline's group (see [`group_consumer`]).
+pub type GroupConsumer = StreamConsumer<RebalanceLog>;
+
+/// Logs each partition assignment and revocation of a group consumer: what to read first when a
+/// process consumes nothing because its group never handed it a partition.
+pub struct RebalanceLog;
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |list: &rdkafka::TopicPartitionList| {
+            list.elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = %partitions(list), "partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(partitions = %partitions(list), "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "the group's rebalance failed"),
+        }
+    }
+}
+
 /// A consumer in the pipeline's group, committing offsets only when told to.
-pub fn group_consumer(kafka: &KafkaConfig, group_suffix: &str) -> Result<StreamConsumer> {
+pub fn group_consumer(kafka: &KafkaConfig, group_suffix: &str) -> Result<GroupConsumer> {
     let mut config = base_config(kafka);
     config
         .set("group.id", format!("{}-{group_suffix}", kafka.group_id))
@@ -222,13 +252,13 @@ pub fn group_consumer(kafka: &KafkaConfig, group_suffix: &str) -> Result<StreamC
         // Short fetch waits keep an idle check from mistaking a slow fetch for the end of a partition.
         .set("fetch.wait.max.ms", "100");
     config
-        .create()
+        .create_with_context(RebalanceLog)
         .map_err(kafka_err(kafka, "creating consumer"))
 }
 
 /// The current end of each partition of `topic` (the offset the next record will get).
 pub fn high_watermarks(
-    consumer: &StreamConsumer,
+    consumer: &GroupConsumer,
     kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>> {

@@ -22,6 +22,15 @@ async fn continuous_run_streams_live_changes_and_stops_cleanly_on_sigint() -> Re
     })
     .await
     .with_context(|| running.log())?;
+    // Which partitions the group handed this process is in its log.
+    ensure!(
+        running.log().contains(&format!(
+            "partitions assigned partitions={}/0",
+            pipeline.topic_for("public.onlineshop")
+        )),
+        "no partition assignment logged:\n{}",
+        running.log()
+    );
 
     // Changes made while it runs reach silver and gold without a restart.
     t.db.batch_execute(

@@ -216,13 +216,7 @@ async fn continuous(
         // continuous mode); an idle pass waits `trigger_interval_ms` before looking again.
         let mut found_input = false;
         if let Some(layers) = &mut layers {
-            // The last pass runs gold after silver, so that stopping leaves gold caught up.
-            let reports = if stopping {
-                layers.run_once(pipeline).await?
-            } else {
-                layers.run_overlapped(pipeline).await?
-            };
-            for (name, r) in reports {
+            for (name, r) in layers.run_once(pipeline).await? {
                 found_input |= r.rows_in > 0;
                 match totals.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, total)) => total.add(&r),

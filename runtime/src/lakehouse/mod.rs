@@ -324,36 +324,6 @@ impl Layers {
         Ok(out)
     }
 
-    /// [`Self::run_once`] for continuous mode: gold catches up with what silver committed before
-    /// while bronze and silver take their next input, on a task (and a core) of its own. A change
-    /// then reaches silver without waiting for the gold passes of the changes before it; gold
-    /// trails silver by one pass, and a last [`Self::run_once`] lets it catch up when stopping.
-    /// Gold only reads silver through its change feed from its own recorded position, as a
-    /// second weir process would, so the overlap changes no result.
-    pub async fn run_overlapped(
-        &mut self,
-        pipeline: &Pipeline,
-    ) -> Result<Vec<(String, LayerReport)>> {
-        let mut golds = std::mem::take(&mut self.gold);
-        let gold_pipeline = pipeline.clone();
-        let gold = tokio::spawn(async move {
-            let reports = gold_once(&gold_pipeline, &mut golds).await;
-            (golds, reports)
-        });
-        let upstream = match bronze_once(pipeline, &mut self.bronze).await {
-            Ok(bronze) => silver_once(pipeline, &mut self.silver)
-                .await
-                .map(|silver| vec![bronze, silver]),
-            Err(e) => Err(e),
-        };
-        // gold_once turns its passes' panics into errors, so joining fails only on cancellation.
-        let (golds, gold_reports) = gold.await.map_err(|e| stage_err("gold", e))?;
-        self.gold = golds;
-        let mut out = upstream?;
-        out.extend(gold_reports?);
-        Ok(out)
-    }
-
     /// Recomputes the gold tables named by `layer` (`gold` for all, `gold.<name>` for one) from
     /// silver as it stands, replacing each in one commit (`weir rebuild --layer`).
     pub async fn rebuild(

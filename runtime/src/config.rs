@@ -157,6 +157,9 @@ pub struct LandingConfig {
     pub max_bytes_per_file: usize,
     /// …or once its first event has waited this long, even while events keep coming.
     pub max_file_age_ms: u64,
+    /// How long landing may go without a partition while its group's offsets stand still behind
+    /// the topic's end before it leaves and rejoins the group (zero: never).
+    pub rejoin_stalled_group_after: std::time::Duration,
 }
 
 /// A layer whose logic is a Wasm component and whose output is a Delta table.
@@ -434,6 +437,12 @@ struct RawLanding {
     max_bytes_per_file: usize,
     #[serde(default = "default_file_age_ms")]
     max_file_age_ms: u64,
+    #[serde(default = "default_rejoin_stalled_group_s")]
+    rejoin_stalled_group_s: u64,
+}
+
+fn default_rejoin_stalled_group_s() -> u64 {
+    30
 }
 
 fn default_rows_per_file() -> usize {
@@ -803,6 +812,9 @@ impl Pipeline {
                 max_rows_per_file: raw.landing.max_rows_per_file.max(1),
                 max_bytes_per_file: raw.landing.max_bytes_per_file.max(1),
                 max_file_age_ms: raw.landing.max_file_age_ms,
+                rejoin_stalled_group_after: std::time::Duration::from_secs(
+                    raw.landing.rejoin_stalled_group_s,
+                ),
             },
             bronze: BronzeConfig {
                 layer: bronze_layer,

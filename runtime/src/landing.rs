@@ -129,10 +129,6 @@ pub fn table_folder(table: &str) -> String {
     table.to_owned()
 }
 
-/// Reads the CDC topic of the table bronze serves and writes landing files.
-///
-/// With `until_caught_up`, stops once every partition has been read up to the end it had when the
-/// pass started (a triggered run); otherwise runs until `stop` is set.
 /// The landing consumers' group is `<kafka.group_id>-landing`.
 const GROUP_SUFFIX: &str = "landing";
 
@@ -153,63 +149,38 @@ pub struct PartitionPosition {
 pub fn consumer_positions(pipeline: &Pipeline) -> Result<Vec<PartitionPosition>> {
     let topic = pipeline.topic_for(&pipeline.bronze.source_table);
     let consumer = transport::group_consumer(&pipeline.kafka, GROUP_SUFFIX)?;
-    let highs = transport::high_watermarks(&consumer, &pipeline.kafka, &topic)?;
-    let mut wanted = rdkafka::TopicPartitionList::new();
-    for partition in highs.keys() {
-        wanted.add_partition(&topic, *partition);
-    }
-    let committed = consumer
-        .committed_offsets(wanted, Duration::from_secs(10))
-        .map_err(|source| TransportError::Kafka {
-            servers: pipeline.kafka.bootstrap_servers.clone(),
-            action: format!("reading the landing group's offsets on {topic}"),
-            source,
-        })?;
-    Ok(highs
+    Ok(group_offsets(&consumer, pipeline, &topic)?
         .into_iter()
-        .map(|(partition, high_watermark)| {
-            let committed =
-                committed
-                    .find_partition(&topic, partition)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-            PartitionPosition {
+        .map(
+            |(partition, (committed, high_watermark))| PartitionPosition {
                 topic: topic.clone(),
                 partition,
                 committed,
                 high_watermark,
                 lag: high_watermark - committed.unwrap_or(0).min(high_watermark),
-            }
-        })
+            },
+        )
         .collect())
 }
 
+/// Reads the CDC topic of the table bronze serves and writes landing files.
+///
+/// With `until_caught_up`, stops once every partition has been read up to the end it had when the
+/// pass started (a triggered run); otherwise runs until `stop` is set.
 pub async fn run(
     pipeline: &Pipeline,
     until_caught_up: bool,
     stop: &CancellationToken,
 ) -> Result<LandingReport> {
     let (store, root) = storage::open(&pipeline.landing.location)?;
-    let topics = vec![pipeline.topic_for(&pipeline.bronze.source_table)];
-    transport::ensure_topics(&pipeline.kafka, &topics).await?;
-    let consumer = transport::group_consumer(&pipeline.kafka, GROUP_SUFFIX)?;
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|source| TransportError::Kafka {
-            servers: pipeline.kafka.bootstrap_servers.clone(),
-            action: "subscribing".into(),
-            source,
-        })?;
+    let topic = pipeline.topic_for(&pipeline.bronze.source_table);
+    transport::ensure_topics(&pipeline.kafka, std::slice::from_ref(&topic)).await?;
+    let mut consumer = join_group(pipeline, &topic)?;
 
     let mut targets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     if until_caught_up {
-        for topic in &topics {
-            for (p, high) in transport::high_watermarks(&consumer, &pipeline.kafka, topic)? {
-                targets.insert((topic.clone(), p), high);
-            }
+        for (p, high) in transport::high_watermarks(&consumer, &pipeline.kafka, &topic)? {
+            targets.insert((topic.clone(), p), high);
         }
     }
     let committed = |consumer: &transport::GroupConsumer| -> BTreeMap<(String, i32), i64> {
@@ -227,7 +198,6 @@ pub async fn run(
     };
 
     let mut lander = Lander {
-        consumer: &consumer,
         store: &*store,
         root: &root,
         table: &pipeline.bronze.source_table,
@@ -236,109 +206,235 @@ pub async fn run(
     };
     let mut buffers: BTreeMap<(String, i32), Buffer> = BTreeMap::new();
     let mut position: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut stream = consumer.stream();
     let idle = Duration::from_millis(500);
     let mut last_sweep = std::time::Instant::now();
-    loop {
-        if stop.is_cancelled() {
-            break;
-        }
-        let next = tokio::time::timeout(idle, stream.next()).await;
-        match next {
-            Ok(Some(Ok(msg))) => {
-                crate::observe::metrics()
-                    .rows_in
-                    .with_label_values(&["landing"])
-                    .inc();
-                let key = (msg.topic().to_owned(), msg.partition());
-                position.insert(key.clone(), msg.offset() + 1);
-                let buffer = buffers
-                    .entry(key.clone())
-                    .or_insert_with(|| Buffer::new(&key.0, key.1));
-                match msg.payload() {
-                    None => {
-                        lander.report.tombstones += 1;
-                        buffer.skipped_to = Some(msg.offset());
-                    }
-                    Some(payload) => match buffer.push(&msg, payload) {
-                        Ok(()) => {}
-                        // Kept with its error where the pipeline keeps failed batches, and
-                        // passed over: its offset is committed with the buffer's.
-                        Err(bad @ LandingError::BadEvent { .. })
-                            if pipeline.dead_letter_location.is_some() =>
-                        {
-                            dead_letter_event(pipeline, &msg, payload, &bad).await?;
-                            buffer.skipped_to = Some(
-                                buffer
-                                    .skipped_to
-                                    .map_or(msg.offset(), |s| s.max(msg.offset())),
-                            );
-                        }
-                        Err(e) => return Err(e),
-                    },
-                }
-                if buffer.full(&pipeline.landing) {
+    let mut watch = GroupWatch::new(pipeline.landing.rejoin_stalled_group_after);
+    'membership: loop {
+        let mut stream = consumer.stream();
+        loop {
+            if stop.is_cancelled() {
+                break 'membership;
+            }
+            let next = tokio::time::timeout(idle, stream.next()).await;
+            match next {
+                Ok(Some(Ok(msg))) => {
+                    crate::observe::metrics()
+                        .rows_in
+                        .with_label_values(&["landing"])
+                        .inc();
+                    let key = (msg.topic().to_owned(), msg.partition());
+                    position.insert(key.clone(), msg.offset() + 1);
                     let buffer = buffers
-                        .remove(&key)
-                        .unwrap_or_else(|| Buffer::new(&key.0, key.1));
-                    lander.flush(buffer).await?;
-                }
-                // Partitions that went quiet while others stay busy roll by age too.
-                if last_sweep.elapsed() >= Duration::from_secs(1) {
-                    last_sweep = std::time::Instant::now();
-                    let aged: Vec<(String, i32)> = buffers
-                        .iter()
-                        .filter(|(_, b)| b.full(&pipeline.landing))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in aged {
-                        if let Some(buffer) = buffers.remove(&key) {
-                            lander.flush(buffer).await?;
+                        .entry(key.clone())
+                        .or_insert_with(|| Buffer::new(&key.0, key.1));
+                    match msg.payload() {
+                        None => {
+                            lander.report.tombstones += 1;
+                            buffer.skipped_to = Some(msg.offset());
+                        }
+                        Some(payload) => match buffer.push(&msg, payload) {
+                            Ok(()) => {}
+                            // Kept with its error where the pipeline keeps failed batches, and
+                            // passed over: its offset is committed with the buffer's.
+                            Err(bad @ LandingError::BadEvent { .. })
+                                if pipeline.dead_letter_location.is_some() =>
+                            {
+                                dead_letter_event(pipeline, &msg, payload, &bad).await?;
+                                buffer.skipped_to = Some(
+                                    buffer
+                                        .skipped_to
+                                        .map_or(msg.offset(), |s| s.max(msg.offset())),
+                                );
+                            }
+                            Err(e) => return Err(e),
+                        },
+                    }
+                    if buffer.full(&pipeline.landing) {
+                        let buffer = buffers
+                            .remove(&key)
+                            .unwrap_or_else(|| Buffer::new(&key.0, key.1));
+                        lander.flush(&consumer, buffer).await?;
+                    }
+                    // Partitions that went quiet while others stay busy roll by age too.
+                    if last_sweep.elapsed() >= Duration::from_secs(1) {
+                        last_sweep = std::time::Instant::now();
+                        let aged: Vec<(String, i32)> = buffers
+                            .iter()
+                            .filter(|(_, b)| b.full(&pipeline.landing))
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        for key in aged {
+                            if let Some(buffer) = buffers.remove(&key) {
+                                lander.flush(&consumer, buffer).await?;
+                            }
                         }
                     }
                 }
-            }
-            Ok(Some(Err(e))) if transient(&e) => {
-                // librdkafka reconnects by itself; the buffers wait, their offsets uncommitted.
-                tracing::warn!(error = %e, "landing: the broker is unreachable for now; retrying");
-                crate::observe::metrics()
-                    .errors
-                    .with_label_values(&["landing"])
-                    .inc();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Ok(Some(Err(e))) => {
-                return Err(TransportError::Kafka {
-                    servers: pipeline.kafka.bootstrap_servers.clone(),
-                    action: "consuming change events".into(),
-                    source: e,
+                Ok(Some(Err(e))) if transient(&e) => {
+                    // librdkafka reconnects by itself; the buffers wait, their offsets uncommitted.
+                    tracing::warn!(error = %e, "landing: the broker is unreachable for now; retrying");
+                    crate::observe::metrics()
+                        .errors
+                        .with_label_values(&["landing"])
+                        .inc();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                .into());
-            }
-            Ok(None) => break,
-            Err(_elapsed) => {
-                // Idle: make what we hold durable, then see whether a triggered pass is done.
-                for (_, buffer) in std::mem::take(&mut buffers) {
-                    lander.flush(buffer).await?;
+                Ok(Some(Err(e))) => {
+                    return Err(TransportError::Kafka {
+                        servers: pipeline.kafka.bootstrap_servers.clone(),
+                        action: "consuming change events".into(),
+                        source: e,
+                    }
+                    .into());
                 }
-                if until_caught_up {
-                    let committed = committed(&consumer);
-                    let done = targets.iter().all(|(tp, high)| {
-                        *high == 0
-                            || position.get(tp).copied().unwrap_or(-1) >= *high
-                            || committed.get(tp).copied().unwrap_or(-1) >= *high
-                    });
-                    if done {
+                Ok(None) => break 'membership,
+                Err(_elapsed) => {
+                    // Idle: make what we hold durable, then see whether a triggered pass is done.
+                    for (_, buffer) in std::mem::take(&mut buffers) {
+                        lander.flush(&consumer, buffer).await?;
+                    }
+                    if until_caught_up {
+                        let committed = committed(&consumer);
+                        let done = targets.iter().all(|(tp, high)| {
+                            *high == 0
+                                || position.get(tp).copied().unwrap_or(-1) >= *high
+                                || committed.get(tp).copied().unwrap_or(-1) >= *high
+                        });
+                        if done {
+                            break 'membership;
+                        }
+                    }
+                    if watch.due(std::time::Instant::now(), holds_partitions(&consumer))
+                        && watch.stalled(group_offsets(&consumer, pipeline, &topic).ok())
+                    {
+                        tracing::warn!(
+                            topic = %topic,
+                            after_s = watch.window.as_secs(),
+                            "landing: the consumer group has handed this process no partition while its offsets stand still behind the topic's end; leaving and rejoining the group"
+                        );
                         break;
                     }
                 }
             }
         }
+        // Dropping the consumer leaves the group; the new one joins it afresh.
+        drop(stream);
+        drop(consumer);
+        consumer = join_group(pipeline, &topic)?;
     }
     for (_, buffer) in std::mem::take(&mut buffers) {
-        lander.flush(buffer).await?;
+        lander.flush(&consumer, buffer).await?;
     }
     Ok(lander.report)
+}
+
+/// A new member of the landing group, subscribed to `topic`.
+fn join_group(pipeline: &Pipeline, topic: &str) -> Result<transport::GroupConsumer> {
+    let consumer = transport::group_consumer(&pipeline.kafka, GROUP_SUFFIX)?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|source| TransportError::Kafka {
+            servers: pipeline.kafka.bootstrap_servers.clone(),
+            action: "subscribing".into(),
+            source,
+        })?;
+    Ok(consumer)
+}
+
+fn holds_partitions(consumer: &transport::GroupConsumer) -> bool {
+    // An unreadable assignment counts as held: only a known empty one may make landing rejoin.
+    consumer.assignment().map_or(true, |a| a.count() > 0)
+}
+
+/// The landing group's committed offset (`None` before its first commit) and the high watermark
+/// of each partition of `topic`. Blocks on the broker.
+fn group_offsets(
+    consumer: &transport::GroupConsumer,
+    pipeline: &Pipeline,
+    topic: &str,
+) -> Result<BTreeMap<i32, (Option<i64>, i64)>> {
+    let highs = transport::high_watermarks(consumer, &pipeline.kafka, topic)?;
+    let mut wanted = TopicPartitionList::new();
+    for partition in highs.keys() {
+        wanted.add_partition(topic, *partition);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .map_err(|source| TransportError::Kafka {
+            servers: pipeline.kafka.bootstrap_servers.clone(),
+            action: format!("reading the landing group's offsets on {topic}"),
+            source,
+        })?;
+    Ok(highs
+        .into_iter()
+        .map(|(partition, high)| {
+            let offset =
+                committed
+                    .find_partition(topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+            (partition, (offset, high))
+        })
+        .collect())
+}
+
+/// Tells when the landing group has left this process without a partition while nobody lands the
+/// topic's waiting records: a whole window without a partition, and the group's committed offsets
+/// behind the topic's end and unmoved since the window before. A broker's group can settle so
+/// (tansu 0.6 once handed a member restarted within a second of its killed predecessor an empty
+/// assignment and never rebalanced again); leaving and rejoining makes it assign afresh. A process
+/// that is one consumer too many sees the others' offsets move, and stays.
+struct GroupWatch {
+    window: Duration,
+    unassigned_since: Option<std::time::Instant>,
+    /// The committed offsets seen at the end of the last window without a partition.
+    last_committed: Option<BTreeMap<i32, Option<i64>>>,
+}
+
+impl GroupWatch {
+    /// A zero window never rejoins.
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            unassigned_since: None,
+            last_committed: None,
+        }
+    }
+
+    /// Whether a window without a partition has ended, so the group's offsets are worth reading.
+    fn due(&mut self, now: std::time::Instant, holds_partitions: bool) -> bool {
+        if holds_partitions || self.window.is_zero() {
+            self.unassigned_since = None;
+            self.last_committed = None;
+            return false;
+        }
+        let since = *self.unassigned_since.get_or_insert(now);
+        now.duration_since(since) >= self.window
+    }
+
+    /// Given the group's offsets at the end of a window (committed, high watermark per partition),
+    /// whether landing should rejoin; starts the next window either way.
+    fn stalled(&mut self, offsets: Option<BTreeMap<i32, (Option<i64>, i64)>>) -> bool {
+        self.unassigned_since = None;
+        let Some(offsets) = offsets else {
+            return false;
+        };
+        let behind = offsets
+            .values()
+            .any(|(committed, high)| committed.unwrap_or(0) < *high);
+        let committed: BTreeMap<i32, Option<i64>> =
+            offsets.iter().map(|(p, (c, _))| (*p, *c)).collect();
+        let unmoved = self.last_committed.as_ref() == Some(&committed);
+        if behind && unmoved {
+            self.last_committed = None;
+            true
+        } else {
+            self.last_committed = Some(committed);
+            false
+        }
+    }
 }
 
 /// Stores an event landing cannot read under `<dead_letter_location>/landing/<topic>/`, as the
@@ -641,7 +737,6 @@ pub fn rows_to_batch(rows: &[Value]) -> std::result::Result<RecordBatch, String>
 
 /// Writes buffers as files and commits their offsets.
 struct Lander<'a> {
-    consumer: &'a transport::GroupConsumer,
     store: &'a dyn ObjectStore,
     root: &'a StorePath,
     /// The `schema.table` whose topic this lands (the topic prefix may hold dots too).
@@ -652,7 +747,7 @@ struct Lander<'a> {
 }
 
 impl Lander<'_> {
-    async fn flush(&mut self, buffer: Buffer) -> Result<()> {
+    async fn flush(&mut self, consumer: &transport::GroupConsumer, buffer: Buffer) -> Result<()> {
         let mut commit_to = buffer.skipped_to;
         if !buffer.rows.is_empty() {
             let encode_err = |message: String| LandingError::Encode {
@@ -712,7 +807,7 @@ impl Lander<'_> {
                     action: "committing".into(),
                     source,
                 })?;
-            self.consumer
+            consumer
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(|source| TransportError::Kafka {
                     servers: String::new(),
@@ -786,6 +881,77 @@ pub async fn list_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One window of `GroupWatch`: passes `window` without a partition, then reads `offsets`
+    /// (committed, high watermark) of partition 0.
+    fn window_ends(
+        watch: &mut GroupWatch,
+        start: std::time::Instant,
+        offsets: (Option<i64>, i64),
+    ) -> bool {
+        assert!(!watch.due(start, false), "a window has only begun");
+        watch.due(start + watch.window, false)
+            && watch.stalled(Some(BTreeMap::from([(0, offsets)])))
+    }
+
+    #[test]
+    fn landing_rejoins_after_two_windows_without_a_partition_while_the_group_stands_still() {
+        let mut watch = GroupWatch::new(Duration::from_secs(30));
+        let t0 = std::time::Instant::now();
+        assert!(
+            !window_ends(&mut watch, t0, (Some(10), 50)),
+            "one window proves no stall"
+        );
+        assert!(window_ends(
+            &mut watch,
+            t0 + Duration::from_secs(30),
+            (Some(10), 50)
+        ));
+        // After rejoining, it takes two windows again.
+        assert!(!window_ends(
+            &mut watch,
+            t0 + Duration::from_secs(60),
+            (Some(10), 50)
+        ));
+    }
+
+    #[test]
+    fn landing_stays_while_another_member_lands_the_topic_or_nothing_waits() {
+        let mut watch = GroupWatch::new(Duration::from_secs(30));
+        let t0 = std::time::Instant::now();
+        let window = Duration::from_secs(30);
+        // Another member commits: its offsets move.
+        assert!(!window_ends(&mut watch, t0, (Some(10), 50)));
+        assert!(!window_ends(&mut watch, t0 + window, (Some(20), 60)));
+        // Caught up: nothing waits, moved or not.
+        assert!(!window_ends(&mut watch, t0 + window * 2, (Some(60), 60)));
+        assert!(!window_ends(&mut watch, t0 + window * 3, (Some(60), 60)));
+        // Nothing ever committed on an empty topic.
+        assert!(!window_ends(&mut watch, t0 + window * 4, (None, 0)));
+        assert!(!window_ends(&mut watch, t0 + window * 5, (None, 0)));
+        // Offsets the broker could not give start the count again.
+        assert!(!watch.due(t0 + window * 6, false));
+        assert!(watch.due(t0 + window * 7, false));
+        assert!(!watch.stalled(None));
+    }
+
+    #[test]
+    fn holding_a_partition_or_a_zero_window_never_rejoins() {
+        let t0 = std::time::Instant::now();
+        let mut watch = GroupWatch::new(Duration::from_secs(30));
+        assert!(!window_ends(&mut watch, t0, (Some(10), 50)));
+        // A partition held in between forgets what was seen.
+        assert!(!watch.due(t0 + Duration::from_secs(31), true));
+        assert!(!window_ends(
+            &mut watch,
+            t0 + Duration::from_secs(32),
+            (Some(10), 50)
+        ));
+        let mut never = GroupWatch::new(Duration::ZERO);
+        for s in 0..10 {
+            assert!(!never.due(t0 + Duration::from_secs(s * 60), false));
+        }
+    }
 
     /// Events pushed as the consumer delivered them: (offset, event size).
     fn buffer_after(deliveries: &[(i64, usize)]) -> Buffer {

@@ -202,3 +202,77 @@ async fn a_second_signal_exits_at_once_without_loss() -> Result<()> {
     assert_gold_equals_group_by(&t, &pipeline).await?;
     Ok(())
 }
+
+/// A broker's group can leave landing without a partition while nobody lands the topic (tansu 0.6
+/// once did after a kill -9 and a quick restart). Here a member that polls but never commits holds
+/// the only partition: landing sees the group's offsets stand still behind the topic's end, leaves
+/// and rejoins the group, and lands everything once the partition is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landing_rejoins_a_group_that_left_it_without_a_partition() -> Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let t = TestPipeline::new("landing_rejoin").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline_with(|text| {
+        killable(text).replace("[landing]\n", "[landing]\nrejoin_stalled_group_s = 2\n")
+    })?;
+    let topic = pipeline.topic_for("public.onlineshop");
+    weir::transport::ensure_topics(&pipeline.kafka, std::slice::from_ref(&topic)).await?;
+
+    // The range assignor gives the partition to the member whose id sorts first, and tansu's
+    // member ids start with the client id: "a-…" sorts before weir's "rdkafka-…".
+    let squatter: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.kafka.bootstrap_servers)
+        .set("group.id", format!("{}-landing", pipeline.kafka.group_id))
+        .set("client.id", "a-squatter")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("max.poll.interval.ms", "30000")
+        .create()?;
+    squatter.subscribe(&[&topic])?;
+    let leave = Arc::new(AtomicBool::new(false));
+    let (holds_tx, holds_rx) = std::sync::mpsc::channel();
+    let squatting = std::thread::spawn({
+        let leave = leave.clone();
+        move || {
+            let mut told = false;
+            while !leave.load(Ordering::SeqCst) {
+                // Polls, so it stays a member; reads, never commits.
+                let _ = squatter.poll(Duration::from_millis(100));
+                if !told && squatter.assignment().is_ok_and(|a| a.count() > 0) {
+                    told = holds_tx.send(()).is_ok();
+                }
+            }
+            // Dropping it leaves the group.
+        }
+    });
+    tokio::task::spawn_blocking(move || holds_rx.recv_timeout(Duration::from_secs(60)))
+        .await?
+        .context("the squatting member got no partition")?;
+
+    let mut running = RunningWeir::start(&t, "weir", &[], &[])?;
+    let rejoined = eventually(Duration::from_secs(90), || async {
+        ensure!(
+            running.log().contains("leaving and rejoining the group"),
+            "landing has not rejoined"
+        );
+        Ok(())
+    })
+    .await;
+    leave.store(true, Ordering::SeqCst);
+    squatting
+        .join()
+        .map_err(|_| anyhow::anyhow!("the squatting member panicked"))?;
+    rejoined.with_context(|| running.log())?;
+
+    eventually(Duration::from_secs(120), || {
+        assert_silver_equals_source(&t, &pipeline)
+    })
+    .await
+    .with_context(|| running.log())?;
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    running.interrupt().await?;
+    Ok(())
+}

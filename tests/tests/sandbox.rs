@@ -92,10 +92,10 @@ fn a_memory_bomb_hits_the_memory_limit() -> Result<()> {
 
 #[test]
 fn an_instance_whose_memory_grew_is_replaced_after_its_call() -> Result<()> {
-    // A guest keeping 40 MiB more on every call: with its instance kept, the fourth call would
-    // pass the 128 MiB limit. Replaced once past 64 MiB, it never holds more than two calls' worth.
+    // A guest keeping 40 MiB more on every call: with its instance kept, the second call would
+    // pass the 56 MiB limit. Replaced once past 16 MiB, it never holds more than one call's worth.
     let limits = WasmLimits {
-        memory_limit_bytes: 128 << 20,
+        memory_limit_bytes: 56 << 20,
         ..limits()
     };
     let loaded = hostile(limits)?;

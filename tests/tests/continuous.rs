@@ -267,12 +267,13 @@ async fn landing_rejoins_a_group_that_left_it_without_a_partition() -> Result<()
         .map_err(|_| anyhow::anyhow!("the squatting member panicked"))?;
     rejoined.with_context(|| running.log())?;
 
-    eventually(Duration::from_secs(120), || {
-        assert_silver_equals_source(&t, &pipeline)
+    // Gold is written after silver's commit: both are awaited.
+    eventually(Duration::from_secs(120), || async {
+        assert_silver_equals_source(&t, &pipeline).await?;
+        assert_gold_equals_group_by(&t, &pipeline).await
     })
     .await
     .with_context(|| running.log())?;
-    assert_gold_equals_group_by(&t, &pipeline).await?;
     running.interrupt().await?;
     Ok(())
 }

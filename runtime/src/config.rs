@@ -206,6 +206,9 @@ pub struct SilverConfig {
     /// Changes one MERGE applies at most (more are split along the table's files), which bounds
     /// a pass's memory whatever the table's size.
     pub max_changes_per_merge: usize,
+    /// Rows one MERGE rewrites at most, counting its changes (files are cut at their key ranges),
+    /// which bounds a pass's memory as the table grows.
+    pub max_rows_per_merge: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,10 +499,16 @@ struct RawSilver {
     track_history_except_column_list: Option<Spanned<Vec<String>>>,
     #[serde(default = "default_max_changes_per_merge")]
     max_changes_per_merge: usize,
+    #[serde(default = "default_max_rows_per_merge")]
+    max_rows_per_merge: u64,
 }
 
 fn default_max_changes_per_merge() -> usize {
     100_000
+}
+
+fn default_max_rows_per_merge() -> u64 {
+    250_000
 }
 
 fn default_sequence_by() -> Vec<String> {
@@ -832,6 +841,7 @@ impl Pipeline {
                 scd_type: silver_scd_type,
                 track_history,
                 max_changes_per_merge: raw.silver.max_changes_per_merge.max(1),
+                max_rows_per_merge: raw.silver.max_rows_per_merge,
                 quarantine_table,
             },
             gold,

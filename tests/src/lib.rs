@@ -667,3 +667,73 @@ fn assert_same_rows(
         right.len()
     )
 }
+
+/// Silver's data files as (smallest id, largest id, rows), from their Delta statistics, by
+/// smallest id.
+pub async fn silver_files(pipeline: &weir::config::Pipeline) -> Result<Vec<(i64, i64, i64)>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
+    let table = deltalake::DeltaTable::try_from_url(url).await?;
+    let files = table.snapshot()?.add_actions_table(true)?;
+    let column = |name: &str| -> Result<arrow::array::Int64Array> {
+        let values = files
+            .column_by_name(name)
+            .with_context(|| format!("silver's file statistics have no `{name}`"))?;
+        Ok(
+            arrow::compute::cast(values, &arrow::datatypes::DataType::Int64)?
+                .as_primitive::<Int64Type>()
+                .clone(),
+        )
+    };
+    let (min, max, rows) = (column("min.id")?, column("max.id")?, column("num_records")?);
+    let mut out: Vec<_> = (0..files.num_rows())
+        .map(|i| (min.value(i), max.value(i), rows.value(i)))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The silver rows each MERGE after `version` wrote (inserted, updated, deleted and copied),
+/// from the metrics in its commit.
+pub async fn silver_merge_rows_since(
+    pipeline: &weir::config::Pipeline,
+    version: u64,
+) -> Result<Vec<u64>> {
+    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
+    let table = deltalake::DeltaTable::try_from_url(url).await?;
+    let commits: Vec<_> = futures::TryStreamExt::try_collect(table.history(None)).await?;
+    commits
+        .into_iter()
+        .filter(|c| {
+            c.operation.as_deref() == Some("MERGE")
+                && c.read_version.is_some_and(|v| v >= version)
+        })
+        .map(|c| {
+            let metrics = c
+                .info
+                .get("operationMetrics")
+                .context("a MERGE commit without metrics")?;
+            [
+                "num_target_rows_inserted",
+                "num_target_rows_updated",
+                "num_target_rows_deleted",
+                "num_target_rows_copied",
+            ]
+            .iter()
+            .map(|m| {
+                metrics[m]
+                    .as_u64()
+                    .with_context(|| format!("no {m} in {metrics}"))
+            })
+            .sum()
+        })
+        .collect()
+}
+
+/// Silver's current version.
+pub async fn silver_version(pipeline: &weir::config::Pipeline) -> Result<u64> {
+    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
+    let table = deltalake::DeltaTable::try_from_url(url).await?;
+    table.version().context("silver has no version")
+}

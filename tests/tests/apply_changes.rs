@@ -2,10 +2,13 @@
 //! of one key in one transaction, unchanged TOAST values; and the same silver whatever the order
 //! and repetition in which the changes arrive.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
-use weir_tests::{TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source};
+use weir_tests::{
+    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, silver_files,
+    silver_merge_rows_since, silver_version,
+};
 
 /// A row whose `productname` PostgreSQL stores out of line (TOAST): 8 kB that do not compress.
 fn toasted_insert(id: i64) -> String {
@@ -199,26 +202,13 @@ async fn large_batches_merge_one_group_of_files_at_a_time() -> Result<()> {
     // Three runs of inserts: silver's files hold the key ranges 1-1305, 1306-2000, 2001-3000.
     weir::pipeline::run_triggered(&pipeline).await?;
     for ids in ["1306, 2000", "2001, 3000"] {
-        t.db.batch_execute(&format!(
-            "INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
-             SELECT id, '59' || id, '2019-12-10', '2' || (id % 7), 'Product ' || (id % 7), 1.25 * (id % 5 + 1),
-                    id % 9 + 1, '1' || id, 'Norway'
-             FROM generate_series({ids}) AS id"
-        ))
-        .await?;
+        insert_ids(&t, ids).await?;
         weir::pipeline::run_triggered(&pipeline).await?;
     }
     let version_before = silver_version(&pipeline).await?;
 
     // One batch of changes over every file, far more than one MERGE may take.
-    t.db.batch_execute(
-        "UPDATE onlineshop SET quantity = quantity + 1 WHERE id % 3 = 0;
-         DELETE FROM onlineshop WHERE id % 10 = 1;
-         INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
-           SELECT id, '60' || id, '2019-12-11', '85123A', 'White Hanging Heart', 2.55, 6, '17850', 'France'
-           FROM generate_series(3001, 3100) AS id;",
-    )
-    .await?;
+    change_every_key(&t).await?;
     weir::pipeline::run_triggered(&pipeline).await?;
     let merges = silver_version(&pipeline).await? - version_before;
     assert!(
@@ -230,10 +220,67 @@ async fn large_batches_merge_one_group_of_files_at_a_time() -> Result<()> {
     Ok(())
 }
 
-async fn silver_version(pipeline: &weir::config::Pipeline) -> Result<u64> {
-    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
-    let table = deltalake::DeltaTable::try_from_url(url).await?;
-    table.version().context("silver has no version")
+/// Silver grows by files of bounded rows, and a batch over the whole table goes in MERGEs that
+/// each write at most `max_rows_per_merge` rows, so memory follows that bound, not the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_merge_rewrites_at_most_max_rows_per_merge_of_a_growing_table() -> Result<()> {
+    let t = TestPipeline::new("apply_changes_bounded").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "apply_as_truncates = \"op = 't'\"",
+            "apply_as_truncates = \"op = 't'\"\nmax_rows_per_merge = 500",
+        )
+    })?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    insert_ids(&t, "1306, 3000").await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    let files = silver_files(&pipeline).await?;
+    ensure!(
+        files.len() >= 6 && files.iter().all(|&(_, _, rows)| rows <= 500),
+        "3,000 rows in files of at most 500: {files:?}"
+    );
+    ensure!(
+        files.windows(2).all(|w| w[0].1 < w[1].0),
+        "new keys went to files of their own: {files:?}"
+    );
+
+    let version_before = silver_version(&pipeline).await?;
+    change_every_key(&t).await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    let merges = silver_merge_rows_since(&pipeline, version_before).await?;
+    ensure!(
+        merges.len() >= 6 && merges.iter().all(|&rows| rows <= 500),
+        "rows written by each MERGE: {merges:?}"
+    );
+    assert_eq!(assert_silver_equals_source(&t, &pipeline).await?, 2800);
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    Ok(())
+}
+
+/// Inserts onlineshop rows with ids in `range` (`"first, last"`).
+async fn insert_ids(t: &TestPipeline, range: &str) -> Result<()> {
+    t.db.batch_execute(&format!(
+        "INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
+         SELECT id, '59' || id, '2019-12-10', '2' || (id % 7), 'Product ' || (id % 7), 1.25 * (id % 5 + 1),
+                id % 9 + 1, '1' || id, 'Norway'
+         FROM generate_series({range}) AS id"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Updates a third of the keys, deletes a tenth and inserts 100 past the last.
+async fn change_every_key(t: &TestPipeline) -> Result<()> {
+    t.db.batch_execute(
+        "UPDATE onlineshop SET quantity = quantity + 1 WHERE id % 3 = 0;
+         DELETE FROM onlineshop WHERE id % 10 = 1;
+         INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
+           SELECT id, '60' || id, '2019-12-11', '85123A', 'White Hanging Heart', 2.55, 6, '17850', 'France'
+           FROM generate_series(3001, 3100) AS id;",
+    )
+    .await?;
+    Ok(())
 }
 
 /// A key's first delete is appended to silver's tombstones (no MERGE rewriting them), the

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use anyhow::{Result, ensure};
-use weir_tests::{TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, weir_ok};
+use weir_tests::{
+    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, silver_files,
+    silver_merge_rows_since, silver_version, weir_ok,
+};
 
 /// Parquet data files under `table` (the log and hidden folders aside).
 fn data_files(table: &Path) -> Result<usize> {
@@ -79,6 +82,64 @@ async fn compaction_and_vacuum_keep_the_rows_and_checkpoints_come_every_ten_comm
     )
     .await?;
     weir::pipeline::run_triggered(&pipeline).await?;
+    assert_silver_equals_source(&t, &pipeline).await?;
+    assert_gold_equals_group_by(&t, &pipeline).await?;
+    Ok(())
+}
+
+/// Silver's files that overlap in key and together hold more rows than one MERGE may rewrite are
+/// sorted by key again by maintenance, into files that each MERGE can take a few at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_sorts_silver_by_key_when_overlapping_files_outgrow_a_merge() -> Result<()> {
+    let t = TestPipeline::new("maintenance_cluster").await?;
+    t.load_sample().await?;
+    let pipeline = t.pipeline()?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    t.db.batch_execute(
+        "INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
+         SELECT id, '59' || id, '2019-12-10', '2' || (id % 7), 'Product ' || (id % 7), 1.25 * (id % 5 + 1),
+                id % 9 + 1, '1' || id, 'Norway'
+         FROM generate_series(1306, 6000) AS id",
+    )
+    .await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    // One MERGE (the default bound is far above 6,000 rows) rewrites silver whole: its files
+    // overlap, one group of 6,000 rows.
+    t.db.batch_execute("UPDATE onlineshop SET quantity = quantity + 1 WHERE id % 2 = 0")
+        .await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+
+    // The writer cuts files at 1,024-row slices: a bound of 2,500 rows asks for files of about
+    // 1,250.
+    let pipeline = t.pipeline_with(|text| {
+        text.replace(
+            "apply_as_truncates = \"op = 't'\"",
+            "apply_as_truncates = \"op = 't'\"\nmax_rows_per_merge = 2500",
+        )
+    })?;
+    let file = t.pipeline_path().display().to_string();
+    let stdout = weir_ok(&["maintain", &file], &[]).await?;
+    let files = silver_files(&pipeline).await?;
+    ensure!(
+        files.len() >= 3 && files.windows(2).all(|w| w[0].1 < w[1].0),
+        "silver sorted into files with disjoint key ranges: {files:?}\n{stdout}"
+    );
+    ensure!(
+        files.iter().all(|&(_, _, rows)| rows <= 2500),
+        "files of at most 2,500 rows: {files:?}"
+    );
+    assert_silver_equals_source(&t, &pipeline).await?;
+
+    // A batch over every key then goes in MERGEs of at most 2,500 rows each, and gold follows.
+    let version = silver_version(&pipeline).await?;
+    t.db.batch_execute("UPDATE onlineshop SET price = price + 1 WHERE id % 3 = 0")
+        .await?;
+    weir::pipeline::run_triggered(&pipeline).await?;
+    let merges = silver_merge_rows_since(&pipeline, version).await?;
+    ensure!(
+        merges.len() >= 3 && merges.iter().all(|&rows| rows <= 2500),
+        "rows written by each MERGE: {merges:?}"
+    );
     assert_silver_equals_source(&t, &pipeline).await?;
     assert_gold_equals_group_by(&t, &pipeline).await?;
     Ok(())

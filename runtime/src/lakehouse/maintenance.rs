@@ -8,7 +8,10 @@
 use chrono::Duration;
 
 use super::*;
-use crate::config::MaintenanceConfig;
+use deltalake::delta_datafusion::create_session_state_with_spill_config;
+use deltalake::operations::optimize::{Metrics, OptimizeType};
+
+use crate::config::{MaintenanceConfig, ScdType};
 
 /// What maintenance did to one table.
 #[derive(Debug, Default, Clone)]
@@ -56,6 +59,30 @@ fn tables(pipeline: &Pipeline) -> Vec<(String, String)> {
     out
 }
 
+/// Memory the sort of silver's clustering may hold before it spills.
+const SORT_MEMORY_BYTES: usize = 256 << 20;
+
+enum Compaction {
+    /// Small files packed together (delta-rs's default OPTIMIZE).
+    BinPack,
+    /// Rewritten in key order into files of a bounded size (silver: see [`silver::clustering`]).
+    SortByKey(silver::Clustering),
+    /// Left as they are: silver's files already in key order and of bounded size.
+    None,
+}
+
+fn compaction(name: &str, pipeline: &Pipeline, table: &DeltaTable) -> Result<Compaction> {
+    if name != "silver" {
+        return Ok(Compaction::BinPack);
+    }
+    let silver = &pipeline.silver;
+    match silver::clustering(table, silver)? {
+        Some(sorted) => Ok(Compaction::SortByKey(sorted)),
+        None if silver.keys.len() == 1 && silver.scd_type == ScdType::One => Ok(Compaction::None),
+        None => Ok(Compaction::BinPack),
+    }
+}
+
 /// Compacts and vacuums every table of the pipeline that exists.
 pub async fn maintain(
     pipeline: &Pipeline,
@@ -68,7 +95,23 @@ pub async fn maintain(
         if table.version().is_none() {
             continue;
         }
-        let compacted = table.optimize().await.map_err(delta_err(&stage, &location));
+        let compacted = match compaction(&name, pipeline, &table)? {
+            Compaction::BinPack => table.optimize().await,
+            Compaction::SortByKey(sorted) => {
+                table
+                    .optimize()
+                    .with_type(OptimizeType::ZOrder(vec![sorted.key]))
+                    .with_target_size(sorted.target_file_bytes)
+                    // Past this the sort spills to disk rather than holding the table.
+                    .with_session_state(Arc::new(create_session_state_with_spill_config(
+                        Some(SORT_MEMORY_BYTES),
+                        None,
+                    )))
+                    .await
+            }
+            Compaction::None => Ok((table, Metrics::default())),
+        }
+        .map_err(delta_err(&stage, &location));
         let (table, compacted) = match compacted {
             // A writer changed the files being compacted: they are compacted next time.
             Err(e) if e.is_commit_conflict() => {

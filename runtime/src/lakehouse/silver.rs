@@ -1,6 +1,6 @@
 //! Silver: APPLY CHANGES INTO a Delta table, keyed and sequenced.
 
-use arrow::array::BooleanArray;
+use arrow::array::{AsArray as _, BooleanArray};
 use deltalake::datafusion::logical_expr::lit;
 use deltalake::datafusion::scalar::ScalarValue;
 
@@ -410,83 +410,277 @@ async fn apply_changes(
     }
 }
 
-/// Cuts keyed changes into MERGEs that rewrite disjoint sets of silver's files, so that memory
-/// follows the batch's share of the table rather than the table. The files' key ranges (from
-/// their statistics) are joined where they overlap; changes are sorted by key and cut at the
-/// start of each joined range, and consecutive pieces are packed up to `max_changes_per_merge`.
-/// A MERGE's key range then meets only its own files, which delta-rs's key-range filter keeps
-/// while it skips every other. Without a single key or statistics, the batch stays whole.
+/// Cuts keyed changes into MERGEs that each rewrite a bounded set of silver's files, no two the
+/// same, so that memory follows a MERGE's share of the table rather than the table. The files'
+/// key ranges (from their statistics) are joined where they overlap; the changes, sorted by key,
+/// are cut where each joined range begins and past the last one, and consecutive pieces are
+/// packed up to `max_changes_per_merge` changes and `max_rows_per_merge` rows (the files' rows
+/// plus the changes). A MERGE's key range then meets only its own files, which delta-rs's
+/// key-range filter keeps while it skips every other. Keys past every file (new rows of a growing
+/// key) touch no file: they go in MERGEs of their own once the last range is full, so silver grows
+/// by new files rather than by rewriting its last one. Without a single key or statistics, the
+/// batch stays whole.
 fn file_aligned_chunks(
     silver: &DeltaTable,
     batch: &RecordBatch,
     cfg: &SilverConfig,
 ) -> Result<Vec<RecordBatch>> {
-    let location = &cfg.layer.table;
     let whole = || Ok(vec![batch.clone()]);
-    let limit = cfg.max_changes_per_merge;
-    let ([key], true) = (&cfg.keys[..], batch.num_rows() > limit) else {
+    let ([key], true) = (&cfg.keys[..], batch.num_rows() > 1) else {
         return whole();
     };
     let Ok(key_index) = batch.schema().index_of(key) else {
         return whole();
     };
     let keys = batch.column(key_index);
-    let files = silver
-        .snapshot()
-        .and_then(|s| s.add_actions_table(true))
-        .map_err(delta_err(STAGE, location))?;
-    let (Some(min), Some(max)) = (
-        files.column_by_name(&format!("min.{key}")),
-        files.column_by_name(&format!("max.{key}")),
-    ) else {
+    let Some(files) = FileStats::of(silver, key, keys.data_type(), &cfg.layer.table)? else {
         return whole();
     };
-    if min.null_count() > 0 || max.null_count() > 0 {
-        return whole();
-    }
-    let arrow_err = |e: arrow::error::ArrowError| stage_err(STAGE, e);
-    let converter =
-        arrow::row::RowConverter::new(vec![arrow::row::SortField::new(keys.data_type().clone())])
-            .map_err(arrow_err)?;
-    let as_rows = |values: &arrow::array::ArrayRef| {
-        let values = arrow::compute::cast(values, keys.data_type()).map_err(arrow_err)?;
-        converter.convert_columns(&[values]).map_err(arrow_err)
-    };
-    let (min, max) = (as_rows(min)?, as_rows(max)?);
-    let mut ranges: Vec<_> = (0..files.num_rows())
-        .map(|i| (min.row(i), max.row(i)))
-        .collect();
-    ranges.sort();
-    // Where each joined range after the first begins.
-    let mut cuts = Vec::new();
-    let mut reach = None;
-    for (start, end) in ranges {
-        if reach.is_some_and(|r| start > r) {
-            cuts.push(start);
-        }
-        reach = Some(reach.map_or(end, |r: arrow::row::Row<'_>| r.max(end)));
-    }
     let order = arrow::compute::sort_to_indices(keys, None, None).map_err(arrow_err)?;
     let sorted = arrow::compute::take_record_batch(batch, &order).map_err(arrow_err)?;
-    let sorted_keys = as_rows(sorted.column(key_index))?;
+    let sorted_keys = files.as_rows(sorted.column(key_index))?;
     let sorted_keys: Vec<_> = sorted_keys.iter().collect();
-    let mut ends: Vec<usize> = cuts
-        .iter()
-        .map(|cut| sorted_keys.partition_point(|k| k < cut))
-        .collect();
-    ends.push(sorted.num_rows());
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut previous_end = 0;
-    for end in ends {
-        if end - start > limit && previous_end > start {
-            chunks.push(sorted.slice(start, previous_end - start));
-            start = previous_end;
+    let spans = merge_spans(
+        &files.joined_ranges(),
+        &sorted_keys,
+        cfg.max_changes_per_merge,
+        cfg.max_rows_per_merge,
+    );
+    Ok(spans
+        .into_iter()
+        .map(|span| sorted.slice(span.start, span.len()))
+        .collect())
+}
+
+fn arrow_err(e: arrow::error::ArrowError) -> LakehouseError {
+    stage_err(STAGE, e)
+}
+
+/// The key bounds and row counts of silver's files (Delta's per-file statistics), as rows that
+/// compare as the key's values do.
+struct FileStats {
+    converter: arrow::row::RowConverter,
+    key_type: DataType,
+    min: arrow::row::Rows,
+    max: arrow::row::Rows,
+    rows: Vec<u64>,
+    /// Bytes of all the files.
+    bytes: u64,
+}
+
+impl FileStats {
+    /// `None` where a file has no statistics for `key`: its range is unknown.
+    fn of(
+        silver: &DeltaTable,
+        key: &str,
+        key_type: &DataType,
+        location: &str,
+    ) -> Result<Option<Self>> {
+        let files = silver
+            .snapshot()
+            .and_then(|s| s.add_actions_table(true))
+            .map_err(delta_err(STAGE, location))?;
+        let converter =
+            arrow::row::RowConverter::new(vec![arrow::row::SortField::new(key_type.clone())])
+                .map_err(arrow_err)?;
+        let mut stats = Self {
+            min: converter.empty_rows(0, 0),
+            max: converter.empty_rows(0, 0),
+            converter,
+            key_type: key_type.clone(),
+            rows: Vec::new(),
+            bytes: 0,
+        };
+        if files.num_rows() == 0 {
+            return Ok(Some(stats));
         }
-        previous_end = end;
+        let (Some(min), Some(max), Some(rows)) = (
+            files.column_by_name(&format!("min.{key}")),
+            files.column_by_name(&format!("max.{key}")),
+            files
+                .column_by_name("num_records")
+                .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>()),
+        ) else {
+            return Ok(None);
+        };
+        if min.null_count() > 0 || max.null_count() > 0 || rows.null_count() > 0 {
+            return Ok(None);
+        }
+        stats.min = stats.as_rows(min)?;
+        stats.max = stats.as_rows(max)?;
+        stats.rows = rows
+            .values()
+            .iter()
+            .map(|&n| u64::try_from(n).unwrap_or(0))
+            .collect();
+        stats.bytes = files
+            .column_by_name("size_bytes")
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+            .map_or(0, |sizes| {
+                sizes
+                    .iter()
+                    .flatten()
+                    .map(|n| u64::try_from(n).unwrap_or(0))
+                    .sum()
+            });
+        Ok(Some(stats))
     }
-    chunks.push(sorted.slice(start, sorted.num_rows() - start));
-    Ok(chunks)
+
+    fn as_rows(&self, values: &arrow::array::ArrayRef) -> Result<arrow::row::Rows> {
+        let values = arrow::compute::cast(values, &self.key_type).map_err(arrow_err)?;
+        self.converter.convert_columns(&[values]).map_err(arrow_err)
+    }
+
+    /// The files' ranges in key order, overlapping ones joined.
+    fn joined_ranges(&self) -> Vec<FileRange<arrow::row::Row<'_>>> {
+        let mut ranges: Vec<_> = (0..self.rows.len())
+            .map(|i| FileRange {
+                start: self.min.row(i),
+                end: self.max.row(i),
+                rows: self.rows[i],
+            })
+            .collect();
+        ranges.sort_by(|a, b| (&a.start, &a.end).cmp(&(&b.start, &b.end)));
+        joined(ranges)
+    }
+}
+
+/// How maintenance compacts silver when its files lost their order by key: files of a single-key
+/// type 1 silver are kept apart by key range so that each MERGE rewrites a bounded share (see
+/// [`file_aligned_chunks`]); a bin-packing compaction would join random ranges. They are sorted
+/// again (a Z-order on one column is a sort) into files of about half `max_rows_per_merge` rows
+/// when overlapping files hold more than that, or when files are mostly far smaller (many passes
+/// of a few new rows each). `None`: silver is left as it is.
+pub(super) fn clustering(silver: &DeltaTable, cfg: &SilverConfig) -> Result<Option<Clustering>> {
+    let ([key], ScdType::One) = (&cfg.keys[..], cfg.scd_type) else {
+        return Ok(None);
+    };
+    let location = &cfg.layer.table;
+    let Some(key_type) = silver.snapshot().ok().and_then(|s| {
+        s.snapshot()
+            .arrow_schema()
+            .field_with_name(key)
+            .ok()
+            .map(|f| f.data_type().clone())
+    }) else {
+        return Ok(None);
+    };
+    let Some(files) = FileStats::of(silver, key, &key_type, location)? else {
+        return Ok(None);
+    };
+    let rows: u64 = files.rows.iter().sum();
+    if rows == 0 {
+        return Ok(None);
+    }
+    let file_rows = (cfg.max_rows_per_merge / 2).max(1);
+    let outgrown = files
+        .joined_ranges()
+        .iter()
+        .any(|r| r.rows > cfg.max_rows_per_merge);
+    let fragmented = files.rows.len() as u64 > 2 * rows.div_ceil(file_rows) + 8;
+    if !outgrown && !fragmented {
+        return Ok(None);
+    }
+    let bytes_per_row = files.bytes.div_ceil(rows).max(1);
+    Ok(Some(Clustering {
+        key: key.clone(),
+        target_file_bytes: std::num::NonZeroU64::new(bytes_per_row * file_rows)
+            .unwrap_or(std::num::NonZeroU64::MIN),
+    }))
+}
+
+/// See [`clustering`].
+pub(super) struct Clustering {
+    pub key: String,
+    pub target_file_bytes: std::num::NonZeroU64,
+}
+
+/// Key range of one or more of silver's files, and how many rows they hold.
+#[derive(Debug, Clone, PartialEq)]
+struct FileRange<K> {
+    start: K,
+    end: K,
+    rows: u64,
+}
+
+/// Ranges sorted by start, with overlapping ones joined.
+fn joined<K: Ord>(sorted: Vec<FileRange<K>>) -> Vec<FileRange<K>> {
+    let mut out: Vec<FileRange<K>> = Vec::with_capacity(sorted.len());
+    for range in sorted {
+        match out.last_mut() {
+            Some(last) if range.start <= last.end => {
+                if range.end > last.end {
+                    last.end = range.end;
+                }
+                last.rows += range.rows;
+            }
+            _ => out.push(range),
+        }
+    }
+    out
+}
+
+/// Which slices of `sorted_keys` go in one MERGE each (see [`file_aligned_chunks`]); `ranges`
+/// are joined and in key order.
+fn merge_spans<K: Ord>(
+    ranges: &[FileRange<K>],
+    sorted_keys: &[K],
+    max_changes: usize,
+    max_rows: u64,
+) -> Vec<std::ops::Range<usize>> {
+    let max_changes = max_changes.max(1);
+    // Each range's keys, from the previous range's end (or the first key) to the next's start.
+    let mut pieces = Vec::with_capacity(ranges.len() + 1);
+    let mut from = 0;
+    for (i, range) in ranges.iter().enumerate() {
+        let to = match ranges.get(i + 1) {
+            Some(next) => sorted_keys.partition_point(|k| *k < next.start),
+            None => sorted_keys.partition_point(|k| *k <= range.end),
+        };
+        pieces.push((from..to, range.rows));
+        from = to;
+    }
+    let new_file_rows =
+        usize::try_from(max_rows).map_or(max_changes, |rows| rows.clamp(1, max_changes));
+    while from < sorted_keys.len() {
+        let to = (from + new_file_rows).min(sorted_keys.len());
+        pieces.push((from..to, 0));
+        from = to;
+    }
+    let mut spans = Vec::new();
+    // The span being packed and its weight: rows of the files it meets, plus its changes.
+    let mut packing: Option<(std::ops::Range<usize>, u64)> = None;
+    // Rows of ranges without changes after the span's last piece: joining a later piece would
+    // bring their files inside the span's key range.
+    let mut passed_rows = 0;
+    for (keys, rows) in pieces {
+        if keys.is_empty() {
+            if packing.is_some() {
+                passed_rows += rows;
+            }
+            continue;
+        }
+        let weight = rows + keys.len() as u64;
+        match &mut packing {
+            Some((span, packed))
+                if span.len() + keys.len() <= max_changes
+                    && *packed + passed_rows + weight <= max_rows =>
+            {
+                span.end = keys.end;
+                *packed += passed_rows + weight;
+            }
+            _ => {
+                spans.extend(packing.take().map(|(span, _)| span));
+                packing = Some((keys, weight));
+            }
+        }
+        passed_rows = 0;
+    }
+    spans.extend(packing.map(|(span, _)| span));
+    if spans.is_empty() {
+        spans.push(0..sorted_keys.len());
+    }
+    spans
 }
 
 /// SCD type 2: each change newer than the key's latest stored version becomes a version of its
@@ -1244,4 +1438,86 @@ fn qualify_source(predicate: &str) -> String {
     }
     flush(&mut word, &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: i64, end: i64, rows: u64) -> FileRange<i64> {
+        FileRange { start, end, rows }
+    }
+
+    #[test]
+    fn overlapping_file_ranges_are_joined_and_their_rows_added() {
+        let sorted = vec![
+            range(1, 10, 5),
+            range(5, 20, 5),
+            range(21, 30, 7),
+            range(30, 31, 1),
+        ];
+        assert_eq!(joined(sorted), vec![range(1, 20, 10), range(21, 31, 8)]);
+    }
+
+    #[test]
+    fn changes_are_packed_along_file_ranges_up_to_the_row_bound() {
+        let ranges = [
+            range(1, 100, 100),
+            range(101, 200, 100),
+            range(201, 300, 100),
+        ];
+        // Two changes in each range: each range with its changes weighs 102 rows.
+        let keys = [5, 50, 150, 160, 250, 260];
+        assert_eq!(merge_spans(&ranges, &keys, 1_000, 204), vec![0..4, 4..6]);
+        assert_eq!(
+            merge_spans(&ranges, &keys, 1_000, 150),
+            vec![0..2, 2..4, 4..6]
+        );
+        assert_eq!(
+            merge_spans(&ranges, &keys, 3, 10_000),
+            vec![0..2, 2..4, 4..6]
+        );
+        assert_eq!(merge_spans(&ranges, &keys, 1_000, 10_000), vec![0..6]);
+    }
+
+    #[test]
+    fn a_range_without_changes_between_two_counts_toward_the_bound() {
+        let ranges = [
+            range(1, 100, 100),
+            range(101, 200, 100),
+            range(201, 300, 100),
+        ];
+        let keys = [5, 250];
+        // Packing both changes would bring the middle range's files into the MERGE's key range.
+        assert_eq!(merge_spans(&ranges, &keys, 1_000, 250), vec![0..1, 1..2]);
+        assert_eq!(merge_spans(&ranges, &keys, 1_000, 302), vec![0..2]);
+    }
+
+    #[test]
+    fn keys_past_every_file_join_the_last_range_until_it_is_full_then_go_alone() {
+        let ranges = [range(1, 100, 100)];
+        let new_keys: Vec<i64> = (101..=110).collect();
+        let with_update: Vec<i64> = std::iter::once(50)
+            .chain(new_keys.iter().copied())
+            .collect();
+        assert_eq!(merge_spans(&ranges, &with_update, 1_000, 200), vec![0..11]);
+        // The last range is full: the new keys touch no file and go in MERGEs of their own, at
+        // most `max_changes` (and `max_rows`) each, so silver grows by new files.
+        assert_eq!(
+            merge_spans(&ranges, &with_update, 4, 100),
+            vec![0..1, 1..5, 5..9, 9..11]
+        );
+        assert_eq!(merge_spans(&[], &new_keys, 4, 100), vec![0..4, 4..8, 8..10]);
+        assert_eq!(
+            merge_spans(&[], &new_keys, 100, 3),
+            vec![0..3, 3..6, 6..9, 9..10]
+        );
+    }
+
+    #[test]
+    fn a_range_holding_more_than_the_bounds_is_still_one_merge() {
+        let ranges = [range(1, 100, 1_000)];
+        let keys: Vec<i64> = (1..=10).collect();
+        assert_eq!(merge_spans(&ranges, &keys, 3, 50), vec![0..10]);
+    }
 }

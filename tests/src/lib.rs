@@ -182,6 +182,19 @@ impl TestPipeline {
         })
     }
 
+    /// Inserts generated onlineshop rows with ids `first..=last` (after the sample's 1,305).
+    pub async fn insert_ids(&self, first: i64, last: i64) -> Result<()> {
+        self.db
+            .batch_execute(&format!(
+                "INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
+                 SELECT id, '59' || id, '2019-12-10', '2' || (id % 7), 'Product ' || (id % 7), 1.25 * (id % 5 + 1),
+                        id % 9 + 1, '1' || id, 'Norway'
+                 FROM generate_series({first}, {last}) AS id"
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Loads the sample data set (1,305 rows) the way the quickstart does.
     pub async fn load_sample(&self) -> Result<u64> {
         let csv = std::fs::read(repo_root().join("pipelines/onlineshop/onlineshop-sample.csv"))?;

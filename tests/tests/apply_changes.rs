@@ -201,8 +201,8 @@ async fn large_batches_merge_one_group_of_files_at_a_time() -> Result<()> {
     })?;
     // Three runs of inserts: silver's files hold the key ranges 1-1305, 1306-2000, 2001-3000.
     weir::pipeline::run_triggered(&pipeline).await?;
-    for ids in ["1306, 2000", "2001, 3000"] {
-        insert_ids(&t, ids).await?;
+    for (first, last) in [(1306, 2000), (2001, 3000)] {
+        t.insert_ids(first, last).await?;
         weir::pipeline::run_triggered(&pipeline).await?;
     }
     let version_before = silver_version(&pipeline).await?;
@@ -233,7 +233,7 @@ async fn each_merge_rewrites_at_most_max_rows_per_merge_of_a_growing_table() -> 
         )
     })?;
     weir::pipeline::run_triggered(&pipeline).await?;
-    insert_ids(&t, "1306, 3000").await?;
+    t.insert_ids(1306, 3000).await?;
     weir::pipeline::run_triggered(&pipeline).await?;
     let files = silver_files(&pipeline).await?;
     ensure!(
@@ -255,18 +255,6 @@ async fn each_merge_rewrites_at_most_max_rows_per_merge_of_a_growing_table() -> 
     );
     assert_eq!(assert_silver_equals_source(&t, &pipeline).await?, 2800);
     assert_gold_equals_group_by(&t, &pipeline).await?;
-    Ok(())
-}
-
-/// Inserts onlineshop rows with ids in `range` (`"first, last"`).
-async fn insert_ids(t: &TestPipeline, range: &str) -> Result<()> {
-    t.db.batch_execute(&format!(
-        "INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
-         SELECT id, '59' || id, '2019-12-10', '2' || (id % 7), 'Product ' || (id % 7), 1.25 * (id % 5 + 1),
-                id % 9 + 1, '1' || id, 'Norway'
-         FROM generate_series({range}) AS id"
-    ))
-    .await?;
     Ok(())
 }
 

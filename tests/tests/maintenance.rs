@@ -95,13 +95,7 @@ async fn maintenance_sorts_silver_by_key_when_overlapping_files_outgrow_a_merge(
     t.load_sample().await?;
     let pipeline = t.pipeline()?;
     weir::pipeline::run_triggered(&pipeline).await?;
-    t.db.batch_execute(
-        "INSERT INTO onlineshop (id, transactionno, date, productno, productname, price, quantity, customerno, country)
-         SELECT id, '59' || id, '2019-12-10', '2' || (id % 7), 'Product ' || (id % 7), 1.25 * (id % 5 + 1),
-                id % 9 + 1, '1' || id, 'Norway'
-         FROM generate_series(1306, 6000) AS id",
-    )
-    .await?;
+    t.insert_ids(1306, 6000).await?;
     weir::pipeline::run_triggered(&pipeline).await?;
     // One MERGE (the default bound is far above 6,000 rows) rewrites silver whole: its files
     // overlap, one group of 6,000 rows.

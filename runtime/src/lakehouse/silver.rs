@@ -1448,6 +1448,14 @@ mod tests {
         FileRange { start, end, rows }
     }
 
+    fn three_files_of_100_rows() -> [FileRange<i64>; 3] {
+        [
+            range(1, 100, 100),
+            range(101, 200, 100),
+            range(201, 300, 100),
+        ]
+    }
+
     #[test]
     fn overlapping_file_ranges_are_joined_and_their_rows_added() {
         let sorted = vec![
@@ -1461,11 +1469,7 @@ mod tests {
 
     #[test]
     fn changes_are_packed_along_file_ranges_up_to_the_row_bound() {
-        let ranges = [
-            range(1, 100, 100),
-            range(101, 200, 100),
-            range(201, 300, 100),
-        ];
+        let ranges = three_files_of_100_rows();
         // Two changes in each range: each range with its changes weighs 102 rows.
         let keys = [5, 50, 150, 160, 250, 260];
         assert_eq!(merge_spans(&ranges, &keys, 1_000, 204), vec![0..4, 4..6]);
@@ -1482,11 +1486,7 @@ mod tests {
 
     #[test]
     fn a_range_without_changes_between_two_counts_toward_the_bound() {
-        let ranges = [
-            range(1, 100, 100),
-            range(101, 200, 100),
-            range(201, 300, 100),
-        ];
+        let ranges = three_files_of_100_rows();
         let keys = [5, 250];
         // Packing both changes would bring the middle range's files into the MERGE's key range.
         assert_eq!(merge_spans(&ranges, &keys, 1_000, 250), vec![0..1, 1..2]);

@@ -719,8 +719,7 @@ pub async fn silver_merge_rows_since(
     commits
         .into_iter()
         .filter(|c| {
-            c.operation.as_deref() == Some("MERGE")
-                && c.read_version.is_some_and(|v| v >= version)
+            c.operation.as_deref() == Some("MERGE") && c.read_version.is_some_and(|v| v >= version)
         })
         .map(|c| {
             let metrics = c

@@ -160,6 +160,12 @@ async fn main() -> Result<()> {
         // Files every 2 s under load: many files, many boundaries for a kill to fall between.
         killable(text)
             .replace("[landing]\n", "[landing]\nmax_file_age_ms = 2000\n")
+            // Silver's passes in several bounded MERGEs (about four over the loaded rows), so
+            // that kills fall between a pass's MERGEs too.
+            .replace(
+                "[silver]\n",
+                &format!("[silver]\nmax_rows_per_merge = {}\n", rows / 4),
+            )
             .replace(
                 "[kafka.options]\n",
                 &match std::env::var("WEIR_FAULTS_KAFKA_DEBUG") {

@@ -686,8 +686,7 @@ fn assert_same_rows(
 pub async fn silver_files(pipeline: &weir::config::Pipeline) -> Result<Vec<(i64, i64, i64)>> {
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
-    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
-    let table = deltalake::DeltaTable::try_from_url(url).await?;
+    let table = open_silver(pipeline).await?;
     let files = table.snapshot()?.add_actions_table(true)?;
     let column = |name: &str| -> Result<arrow::array::Int64Array> {
         let values = files
@@ -713,8 +712,7 @@ pub async fn silver_merge_rows_since(
     pipeline: &weir::config::Pipeline,
     version: u64,
 ) -> Result<Vec<u64>> {
-    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
-    let table = deltalake::DeltaTable::try_from_url(url).await?;
+    let table = open_silver(pipeline).await?;
     let commits: Vec<_> = futures::TryStreamExt::try_collect(table.history(None)).await?;
     commits
         .into_iter()
@@ -745,7 +743,12 @@ pub async fn silver_merge_rows_since(
 
 /// Silver's current version.
 pub async fn silver_version(pipeline: &weir::config::Pipeline) -> Result<u64> {
-    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
-    let table = deltalake::DeltaTable::try_from_url(url).await?;
+    let table = open_silver(pipeline).await?;
     table.version().context("silver has no version")
+}
+
+/// Silver's Delta table at its latest version.
+async fn open_silver(pipeline: &weir::config::Pipeline) -> Result<deltalake::DeltaTable> {
+    let url = deltalake::ensure_table_uri(&pipeline.silver.layer.table)?;
+    Ok(deltalake::DeltaTable::try_from_url(url).await?)
 }

@@ -11,7 +11,7 @@ use super::*;
 use deltalake::delta_datafusion::create_session_state_with_spill_config;
 use deltalake::operations::optimize::{Metrics, OptimizeType};
 
-use crate::config::{MaintenanceConfig, ScdType};
+use crate::config::MaintenanceConfig;
 
 /// What maintenance did to one table.
 #[derive(Debug, Default, Clone)]
@@ -78,7 +78,7 @@ fn compaction(name: &str, pipeline: &Pipeline, table: &DeltaTable) -> Result<Com
     let silver = &pipeline.silver;
     match silver::clustering(table, silver)? {
         Some(sorted) => Ok(Compaction::SortByKey(sorted)),
-        None if silver.keys.len() == 1 && silver.scd_type == ScdType::One => Ok(Compaction::None),
+        None if silver::key_ordered_by(silver).is_some() => Ok(Compaction::None),
         None => Ok(Compaction::BinPack),
     }
 }

@@ -552,7 +552,7 @@ impl FileStats {
 /// when overlapping files hold more than that, or when files are mostly far smaller (many passes
 /// of a few new rows each). `None`: silver is left as it is.
 pub(super) fn clustering(silver: &DeltaTable, cfg: &SilverConfig) -> Result<Option<Clustering>> {
-    let ([key], ScdType::One) = (&cfg.keys[..], cfg.scd_type) else {
+    let Some(key) = key_ordered_by(cfg) else {
         return Ok(None);
     };
     let location = &cfg.layer.table;
@@ -587,6 +587,15 @@ pub(super) fn clustering(silver: &DeltaTable, cfg: &SilverConfig) -> Result<Opti
         target_file_bytes: std::num::NonZeroU64::new(bytes_per_row * file_rows)
             .unwrap_or(std::num::NonZeroU64::MIN),
     }))
+}
+
+/// The key whose ranges keep silver's files apart: a single-key type 1 silver's (type 2 keeps a
+/// key's versions side by side, and several keys have no one order to cut along).
+pub(super) fn key_ordered_by(cfg: &SilverConfig) -> Option<&String> {
+    match (&cfg.keys[..], cfg.scd_type) {
+        ([key], ScdType::One) => Some(key),
+        _ => None,
+    }
 }
 
 /// See [`clustering`].

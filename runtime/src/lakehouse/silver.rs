@@ -6,6 +6,7 @@ use deltalake::datafusion::scalar::ScalarValue;
 
 use super::*;
 use crate::config::{ColumnSelection, ScdType, SilverConfig};
+use std::time::Instant;
 
 const STAGE: &str = "silver";
 
@@ -24,6 +25,7 @@ pub(super) async fn silver_pass(
     let mut next = next_input_version(STAGE, silver_location, &silver, &app).await?;
     let contract = OutputContract::silver(pipeline).with_table(silver_location, &silver);
     while next <= bronze_latest {
+        let started = Instant::now();
         bronze
             .update_state()
             .await
@@ -40,12 +42,17 @@ pub(super) async fn silver_pass(
         let input = concat(STAGE, rows)?;
         report.rows_in += input.as_ref().map_or(0, RecordBatch::num_rows);
         let txn = vec![Transaction::new(&app, end as i64)];
+        let read = started.elapsed();
+        let (mut component, mut expectations) = Default::default();
         let changes = match input {
             Some(batch) if batch.num_rows() > 0 => {
                 let label = format!("bronze versions {next}-{end}");
+                let called = Instant::now();
                 match transform.call_checked(&batch, &label, |i, o| contract.violation(i, o)) {
                     Ok(out) => {
+                        component = called.elapsed();
                         let checked = apply_expectations(pipeline, out).await?;
+                        expectations = called.elapsed() - component;
                         for (rule, (passed, failed)) in checked.counts {
                             let counts = report.expectations.entry(rule).or_default();
                             counts.0 += passed;
@@ -69,7 +76,15 @@ pub(super) async fn silver_pass(
         match changes {
             Some(batch) if batch.num_rows() > 0 => {
                 report.rows_out += batch.num_rows();
+                let applying = Instant::now();
                 silver = apply_changes(pipeline, silver, batch, txn).await?;
+                tracing::debug!(
+                    read_ms = read.as_millis(),
+                    component_ms = component.as_millis(),
+                    expectations_ms = expectations.as_millis(),
+                    apply_ms = applying.elapsed().as_millis(),
+                    "silver steps"
+                );
             }
             _ => {
                 if silver.version().is_some() {
@@ -368,6 +383,7 @@ async fn apply_changes(
         silver
     };
 
+    let started = Instant::now();
     let ctx = SessionContext::new();
     ctx.register_batch("changes", changes)
         .map_err(|e| stage_err(STAGE, e))?;
@@ -392,6 +408,7 @@ async fn apply_changes(
     if rows.num_rows() > 0 {
         record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
     }
+    tracing::debug!(ms = started.elapsed().as_millis(), "silver tombstones");
     match cfg.scd_type {
         ScdType::One => {
             // One MERGE per group of files: each rewrites files no other touches and holds one

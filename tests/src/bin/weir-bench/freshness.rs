@@ -64,6 +64,13 @@ pub async fn run() -> Result<()> {
     let mut results = Vec::new();
     let mut peak = crate::capture::peak_rss_kib_of(&pid.to_string())?;
     let mut rate = 1_000.0;
+    // A quicker look at the low rates: WEIR_FRESHNESS_MAX_RATE=10000 stops after that rate.
+    let max_rate: f64 = match std::env::var("WEIR_FRESHNESS_MAX_RATE") {
+        Ok(v) => v
+            .parse()
+            .context("WEIR_FRESHNESS_MAX_RATE is not a number")?,
+        Err(_) => 160_000.0,
+    };
     loop {
         let log_from = weir.log().len();
         // The kernel's peak RSS restarts at the current RSS: this rate's peak alone.
@@ -97,7 +104,7 @@ pub async fn run() -> Result<()> {
         } else {
             rate * 2.0
         };
-        if !kept_up || rate > 160_000.0 {
+        if !kept_up || rate > max_rate {
             break;
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::SinkExt;
@@ -745,6 +745,37 @@ pub async fn silver_merge_rows_since(
 pub async fn silver_version(pipeline: &weir::config::Pipeline) -> Result<u64> {
     let table = open_silver(pipeline).await?;
     table.version().context("silver has no version")
+}
+
+/// Checks that silver's files hold the onlineshop key and sequence columns (distinct values) without
+/// dictionaries, which would only cost each rewrite a hash of every value, and text with them.
+pub async fn assert_silver_keys_without_dictionaries(
+    pipeline: &weir::config::Pipeline,
+) -> Result<()> {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let table = open_silver(pipeline).await?;
+    let files: Vec<String> = table.get_file_uris()?.collect();
+    ensure!(!files.is_empty(), "silver has no files");
+    for uri in files {
+        let path = uri.strip_prefix("file://").unwrap_or(&uri).to_owned();
+        let reader = SerializedFileReader::new(
+            std::fs::File::open(&path).with_context(|| format!("opening {path}"))?,
+        )?;
+        let metadata = reader.metadata();
+        let schema = metadata.file_metadata().schema_descr();
+        for (i, column) in metadata.row_group(0).columns().iter().enumerate() {
+            let name = schema.column(i).name().to_owned();
+            let dictionary = column.dictionary_page_offset().is_some();
+            match name.as_str() {
+                "id" | "commit_lsn" | "lsn" => {
+                    ensure!(!dictionary, "{path}: `{name}` has a dictionary")
+                }
+                "productname" => ensure!(dictionary, "{path}: `{name}` lost its dictionary"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Silver's Delta table at its latest version.

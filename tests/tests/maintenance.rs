@@ -5,8 +5,9 @@ use std::path::Path;
 
 use anyhow::{Result, ensure};
 use weir_tests::{
-    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source, silver_files,
-    silver_merge_rows_since, silver_version, weir_ok,
+    TestPipeline, assert_gold_equals_group_by, assert_silver_equals_source,
+    assert_silver_keys_without_dictionaries, silver_files, silver_merge_rows_since, silver_version,
+    weir_ok,
 };
 
 /// Parquet data files under `table` (the log and hidden folders aside).
@@ -122,6 +123,7 @@ async fn maintenance_sorts_silver_by_key_when_overlapping_files_outgrow_a_merge(
         files.iter().all(|&(_, _, rows)| rows <= 2500),
         "files of at most 2,500 rows: {files:?}"
     );
+    assert_silver_keys_without_dictionaries(&pipeline).await?;
     assert_silver_equals_source(&t, &pipeline).await?;
 
     // A batch over every key then goes in MERGEs of at most 2,500 rows each, and gold follows.

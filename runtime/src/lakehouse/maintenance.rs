@@ -102,6 +102,7 @@ pub async fn maintain(
                     .optimize()
                     .with_type(OptimizeType::ZOrder(vec![sorted.key]))
                     .with_target_size(sorted.target_file_bytes)
+                    .with_writer_properties(silver::writer_properties(&pipeline.silver))
                     // Past this the sort spills to disk rather than holding the table.
                     .with_session_state(Arc::new(create_session_state_with_spill_config(
                         Some(SORT_MEMORY_BYTES),

@@ -1,12 +1,16 @@
 //! Silver: APPLY CHANGES INTO a Delta table, keyed and sequenced.
 
+use std::time::Instant;
+
 use arrow::array::{AsArray as _, BooleanArray};
 use deltalake::datafusion::logical_expr::lit;
 use deltalake::datafusion::scalar::ScalarValue;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use super::*;
 use crate::config::{ColumnSelection, ScdType, SilverConfig};
-use std::time::Instant;
 
 const STAGE: &str = "silver";
 
@@ -1340,6 +1344,7 @@ async fn merge_keyed(
         // A column added to the source becomes a column of silver (null in rows not changed since).
         .with_merge_schema(true)
         .with_commit_properties(commit_properties(txns.clone()))
+        .with_writer_properties(writer_properties(cfg))
         .when_matched_delete(|d| d.predicate(format!("{is_delete} AND {newer}")))
         .map_err(delta_err(STAGE, location))?
         .when_matched_update(|u| {
@@ -1389,6 +1394,24 @@ async fn merge_keyed(
         "silver merge"
     );
     Ok(table)
+}
+
+/// delta-rs's Parquet settings (Snappy), without dictionaries for the key and sequence columns:
+/// their values are distinct, so a dictionary only costs each MERGE's rewrite a hash of every value
+/// before the writer gives it up.
+pub(super) fn writer_properties(cfg: &SilverConfig) -> WriterProperties {
+    cfg.keys
+        .iter()
+        .chain(&cfg.sequence_by)
+        .fold(
+            WriterProperties::builder()
+                .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+                .set_compression(Compression::SNAPPY),
+            |props, column| {
+                props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false)
+            },
+        )
+        .build()
 }
 
 /// `(newer.a, newer.b) > (older.a, older.b)` written out, so a repeated or older event never

@@ -10,6 +10,7 @@ use chrono::Duration;
 use super::*;
 use deltalake::delta_datafusion::create_session_state_with_spill_config;
 use deltalake::operations::optimize::{Metrics, OptimizeType};
+use parquet::basic::{Compression, ZstdLevel};
 
 use crate::config::MaintenanceConfig;
 
@@ -59,6 +60,9 @@ fn tables(pipeline: &Pipeline) -> Vec<(String, String)> {
     out
 }
 
+/// delta-rs's OPTIMIZE writes zstd at this level unless told otherwise.
+const ZSTD_LEVEL: i32 = 4;
+
 /// Memory the sort of silver's clustering may hold before it spills.
 const SORT_MEMORY_BYTES: usize = 256 << 20;
 
@@ -102,7 +106,11 @@ pub async fn maintain(
                     .optimize()
                     .with_type(OptimizeType::ZOrder(vec![sorted.key]))
                     .with_target_size(sorted.target_file_bytes)
-                    .with_writer_properties(silver::writer_properties(&pipeline.silver))
+                    .with_writer_properties(silver::writer_properties(
+                        &pipeline.silver,
+                        // delta-rs's OPTIMIZE default: compaction also makes files smaller.
+                        Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default()),
+                    ))
                     // Past this the sort spills to disk rather than holding the table.
                     .with_session_state(Arc::new(create_session_state_with_spill_config(
                         Some(SORT_MEMORY_BYTES),

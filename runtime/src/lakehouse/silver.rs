@@ -1344,7 +1344,7 @@ async fn merge_keyed(
         // A column added to the source becomes a column of silver (null in rows not changed since).
         .with_merge_schema(true)
         .with_commit_properties(commit_properties(txns.clone()))
-        .with_writer_properties(writer_properties(cfg))
+        .with_writer_properties(writer_properties(cfg, Compression::SNAPPY))
         .when_matched_delete(|d| d.predicate(format!("{is_delete} AND {newer}")))
         .map_err(delta_err(STAGE, location))?
         .when_matched_update(|u| {
@@ -1396,17 +1396,18 @@ async fn merge_keyed(
     Ok(table)
 }
 
-/// delta-rs's Parquet settings (Snappy), without dictionaries for the key and sequence columns:
-/// their values are distinct, so a dictionary only costs each MERGE's rewrite a hash of every value
-/// before the writer gives it up.
-pub(super) fn writer_properties(cfg: &SilverConfig) -> WriterProperties {
+/// Parquet settings for silver's files, with `compression` as delta-rs would choose it (Snappy
+/// for MERGEs, zstd for OPTIMIZE), but without dictionaries for the key and sequence columns: their
+/// values are distinct, so a dictionary only costs each rewrite a hash of every value before the
+/// writer gives it up.
+pub(super) fn writer_properties(cfg: &SilverConfig, compression: Compression) -> WriterProperties {
     cfg.keys
         .iter()
         .chain(&cfg.sequence_by)
         .fold(
             WriterProperties::builder()
                 .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-                .set_compression(Compression::SNAPPY),
+                .set_compression(compression),
             |props, column| {
                 props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false)
             },

@@ -1415,8 +1415,6 @@ pub(super) fn writer_properties(cfg: &SilverConfig, compression: Compression) ->
         .build()
 }
 
-/// `(newer.a, newer.b) > (older.a, older.b)` written out, so a repeated or older event never
-/// overwrites a newer one.
 /// Whether text column `column` of `batch` holds Debezium's unchanged-TOAST placeholder.
 fn has_placeholder(batch: &RecordBatch, column: &str) -> bool {
     let Some(values) = batch.column_by_name(column) else {
@@ -1433,6 +1431,8 @@ fn has_placeholder(batch: &RecordBatch, column: &str) -> bool {
     found.is_ok_and(|found| found.true_count() > 0)
 }
 
+/// `(newer.a, newer.b) > (older.a, older.b)` written out, so a repeated or older event never
+/// overwrites a newer one.
 fn sequence_newer(columns: &[String], newer: &str, older: &str) -> String {
     let mut clauses = Vec::new();
     for (i, c) in columns.iter().enumerate() {

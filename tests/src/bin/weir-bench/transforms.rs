@@ -1,7 +1,9 @@
 //! The bronze layer's cost in the sandbox: `bronze-cleanup` as a Wasm component (Arrow IPC across
 //! the boundary, as a pipeline runs it) next to the same Rust function called natively, on
 //! 1,000,000 landing rows in batches of 10,000; then instantiation time and the per-call overhead of
-//! an empty batch. Five rounds alternate the two; the medians are compared.
+//! an empty batch. The Wasm time is split into the component's code and the boundary with
+//! `repeated-bronze` (tests/guests), which cleans each batch once or several times per call. Five
+//! rounds alternate them all; the medians are compared.
 //!
 //! The rows are Debezium events as weir emits them for the onlineshop table (decimals as strings,
 //! as `pipelines/onlineshop.toml` sets), built from the quickstart's CSV: 60% inserts, 30% updates
@@ -47,9 +49,26 @@ pub fn run() -> Result<()> {
         (load, started.elapsed(), transform)
     };
 
-    // Rounds alternate the two, so that a noisy neighbour on the machine slows both alike; the
+    // The same code split from its boundary: `repeated-bronze` cleans each batch once, or REPEATS
+    // times, behind one crossing; the difference is REPEATS − 1 passes of the code alone.
+    let (mut once, mut repeated) = {
+        let component =
+            repo_root().join("guest-examples/target/wasm32-wasip2/release/repeated_bronze.wasm");
+        let loaded = WasmHost::new(limits)?.load(&component, World::RowTransform)?;
+        (
+            loaded.instantiate("bronze", &json!({"times": 1}))?,
+            loaded.instantiate("bronze", &json!({"times": REPEATS}))?,
+        )
+    };
+
+    // Rounds alternate them all, so that a noisy neighbour on the machine slows each alike; the
     // medians are compared.
-    let (mut native_times, mut wasm_times) = (Vec::new(), Vec::new());
+    let [
+        mut native_times,
+        mut wasm_times,
+        mut once_times,
+        mut repeated_times,
+    ] = [(); 4].map(|()| Vec::new());
     for round in 1..=ROUNDS {
         // Native: the component's own crate, linked into this binary.
         let started = Instant::now();
@@ -61,23 +80,25 @@ pub fn run() -> Result<()> {
         }
         native_times.push(started.elapsed());
 
-        let started = Instant::now();
-        let mut wasm_rows = 0;
-        for (i, batch) in batches.iter().enumerate() {
-            wasm_rows += transform.call(batch, &format!("batch {i}"))?.num_rows();
-        }
-        wasm_times.push(started.elapsed());
+        let (time, wasm_rows) = wasm_pass(&mut transform, &batches)?;
+        wasm_times.push(time);
         if wasm_rows != native_rows {
             bail!("the component returned {wasm_rows} rows, the native function {native_rows}");
         }
+        once_times.push(wasm_pass(&mut once, &batches)?.0);
+        repeated_times.push(wasm_pass(&mut repeated, &batches)?.0);
         println!(
-            "  round {round}: native {:.3} s, Wasm {:.3} s",
+            "  round {round}: native {:.3} s, Wasm {:.3} s; repeated-bronze ×1 {:.3} s, ×{REPEATS} {:.3} s",
             native_times[round - 1].as_secs_f64(),
-            wasm_times[round - 1].as_secs_f64()
+            wasm_times[round - 1].as_secs_f64(),
+            once_times[round - 1].as_secs_f64(),
+            repeated_times[round - 1].as_secs_f64(),
         );
     }
     let (native, wasm) = (median(&mut native_times), median(&mut wasm_times));
-    let (code_alone, boundary) = split_component_time(limits, &batches)?;
+    let (once, repeated) = (median(&mut once_times), median(&mut repeated_times));
+    let code_alone = repeated.saturating_sub(once) / (REPEATS - 1);
+    let boundary = once.saturating_sub(code_alone);
 
     // The host's share of the boundary: encoding inputs and decoding outputs as IPC.
     let started = Instant::now();
@@ -118,12 +139,12 @@ pub fn run() -> Result<()> {
     );
     println!("  ratio Wasm time / native time      {ratio:.2}");
     println!(
-        "  of which the component's own code  {:7.2} s  ({:.2}× native; repeated-bronze)",
+        "  the component's code alone in Wasm {:7.2} s  ({:.2}× native; repeated-bronze)",
         code_alone.as_secs_f64(),
         code_alone.as_secs_f64() / native.as_secs_f64()
     );
     println!(
-        "  and the boundary (IPC and copies both ways){:7.2} s",
+        "  the boundary alone (IPC, copies)   {:7.2} s",
         boundary.as_secs_f64()
     );
     println!(
@@ -154,32 +175,17 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Splits a Wasm pass into the component's own code and the boundary: `repeated-bronze` cleans each
-/// batch once, or [`REPEATS`] times, behind the same boundary crossing. Rounds alternate the two.
-fn split_component_time(
-    limits: WasmLimits,
+/// One call per batch: the time and the rows returned.
+fn wasm_pass(
+    transform: &mut weir::wasm::Transform,
     batches: &[RecordBatch],
-) -> Result<(Duration, Duration)> {
-    let component =
-        repo_root().join("guest-examples/target/wasm32-wasip2/release/repeated_bronze.wasm");
-    let loaded = WasmHost::new(limits)?.load(&component, World::RowTransform)?;
-    let mut once = loaded.instantiate("bronze", &json!({"times": 1}))?;
-    let mut repeated = loaded.instantiate("bronze", &json!({"times": REPEATS}))?;
-    let pass = |transform: &mut weir::wasm::Transform| -> Result<Duration> {
-        let started = Instant::now();
-        for (i, batch) in batches.iter().enumerate() {
-            transform.call(batch, &format!("batch {i}"))?;
-        }
-        Ok(started.elapsed())
-    };
-    let (mut once_times, mut repeated_times) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        once_times.push(pass(&mut once)?);
-        repeated_times.push(pass(&mut repeated)?);
+) -> Result<(Duration, usize)> {
+    let started = Instant::now();
+    let mut rows = 0;
+    for (i, batch) in batches.iter().enumerate() {
+        rows += transform.call(batch, &format!("batch {i}"))?.num_rows();
     }
-    let (once, repeated) = (median(&mut once_times), median(&mut repeated_times));
-    let code = repeated.saturating_sub(once) / (REPEATS - 1);
-    Ok((code, once.saturating_sub(code)))
+    Ok((started.elapsed(), rows))
 }
 
 fn median(times: &mut [Duration]) -> Duration {

@@ -39,27 +39,23 @@ pub fn run() -> Result<()> {
         fuel: None,
         allow_clocks: false,
     };
-    let (load, instantiate, mut transform) = {
-        let host = WasmHost::new(limits)?;
-        let started = Instant::now();
-        let loaded = host.load(&component, World::RowTransform)?;
-        let load = started.elapsed();
-        let started = Instant::now();
-        let transform = loaded.instantiate("bronze", &json!({}))?;
-        (load, started.elapsed(), transform)
-    };
+    // One engine for both components, as a pipeline has.
+    let host = WasmHost::new(limits)?;
+    let started = Instant::now();
+    let loaded = host.load(&component, World::RowTransform)?;
+    let load = started.elapsed();
+    let started = Instant::now();
+    let mut transform = loaded.instantiate("bronze", &json!({}))?;
+    let instantiate = started.elapsed();
 
     // The same code split from its boundary: `repeated-bronze` cleans each batch once, or REPEATS
     // times, behind one crossing; the difference is REPEATS − 1 passes of the code alone.
-    let (mut once, mut repeated) = {
-        let component =
-            repo_root().join("guest-examples/target/wasm32-wasip2/release/repeated_bronze.wasm");
-        let loaded = WasmHost::new(limits)?.load(&component, World::RowTransform)?;
-        (
-            loaded.instantiate("bronze", &json!({"times": 1}))?,
-            loaded.instantiate("bronze", &json!({"times": REPEATS}))?,
-        )
-    };
+    let repeated_bronze = host.load(
+        &repo_root().join("guest-examples/target/wasm32-wasip2/release/repeated_bronze.wasm"),
+        World::RowTransform,
+    )?;
+    let mut once = repeated_bronze.instantiate("bronze", &json!({"times": 1}))?;
+    let mut repeated = repeated_bronze.instantiate("bronze", &json!({"times": REPEATS}))?;
 
     // Rounds alternate them all, so that a noisy neighbour on the machine slows each alike; the
     // medians are compared.

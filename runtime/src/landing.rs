@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -207,7 +207,6 @@ pub async fn run(
     let mut buffers: BTreeMap<(String, i32), Buffer> = BTreeMap::new();
     let mut position: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let idle = Duration::from_millis(500);
-    let mut last_sweep = std::time::Instant::now();
     let mut watch = GroupWatch::new(pipeline.landing.rejoin_stalled_group_after);
     'membership: loop {
         let mut stream = consumer.stream();
@@ -215,7 +214,8 @@ pub async fn run(
             if stop.is_cancelled() {
                 break 'membership;
             }
-            let next = tokio::time::timeout(idle, stream.next()).await;
+            let wait = wake_after(buffers.values(), &pipeline.landing, idle, Instant::now());
+            let next = tokio::time::timeout(wait, stream.next()).await;
             match next {
                 Ok(Some(Ok(msg))) => {
                     crate::observe::metrics()
@@ -249,26 +249,11 @@ pub async fn run(
                             Err(e) => return Err(e),
                         },
                     }
-                    if buffer.full(&pipeline.landing) {
-                        let buffer = buffers
-                            .remove(&key)
-                            .unwrap_or_else(|| Buffer::new(&key.0, key.1));
-                        lander.flush(&consumer, buffer).await?;
-                    }
-                    // Partitions that went quiet while others stay busy roll by age too.
-                    if last_sweep.elapsed() >= Duration::from_secs(1) {
-                        last_sweep = std::time::Instant::now();
-                        let aged: Vec<(String, i32)> = buffers
-                            .iter()
-                            .filter(|(_, b)| b.full(&pipeline.landing))
-                            .map(|(k, _)| k.clone())
-                            .collect();
-                        for key in aged {
-                            if let Some(buffer) = buffers.remove(&key) {
-                                lander.flush(&consumer, buffer).await?;
-                            }
-                        }
-                    }
+                    // Any partition's file that reached a limit is written, including quiet
+                    // partitions' while others stay busy.
+                    lander
+                        .flush_full(&consumer, &mut buffers, &pipeline.landing)
+                        .await?;
                 }
                 Ok(Some(Err(e))) if transient(&e) => {
                     // librdkafka reconnects by itself; the buffers wait, their offsets uncommitted.
@@ -288,6 +273,11 @@ pub async fn run(
                     .into());
                 }
                 Ok(None) => break 'membership,
+                Err(_elapsed) if buffers.values().any(|b| b.full(&pipeline.landing)) => {
+                    lander
+                        .flush_full(&consumer, &mut buffers, &pipeline.landing)
+                        .await?;
+                }
                 Err(_elapsed) => {
                     // Idle: make what we hold durable, then see whether a triggered pass is done.
                     for (_, buffer) in std::mem::take(&mut buffers) {
@@ -304,7 +294,7 @@ pub async fn run(
                             break 'membership;
                         }
                     }
-                    if watch.due(std::time::Instant::now(), holds_partitions(&consumer))
+                    if watch.due(Instant::now(), holds_partitions(&consumer))
                         && watch.stalled(group_offsets(&consumer, pipeline, &topic).ok())
                     {
                         tracing::warn!(
@@ -388,7 +378,7 @@ fn group_offsets(
 /// that is one consumer too many sees the others' offsets move, and stays.
 struct GroupWatch {
     window: Duration,
-    unassigned_since: Option<std::time::Instant>,
+    unassigned_since: Option<Instant>,
     /// The committed offsets seen at the end of the last window without a partition.
     last_committed: Option<BTreeMap<i32, Option<i64>>>,
 }
@@ -404,7 +394,7 @@ impl GroupWatch {
     }
 
     /// Whether a window without a partition has ended, so the group's offsets are worth reading.
-    fn due(&mut self, now: std::time::Instant, holds_partitions: bool) -> bool {
+    fn due(&mut self, now: Instant, holds_partitions: bool) -> bool {
         if holds_partitions || self.window.is_zero() {
             self.unassigned_since = None;
             self.last_committed = None;
@@ -505,7 +495,7 @@ struct Buffer {
     skipped_to: Option<i64>,
     /// The events' JSON bytes, and when the first of them arrived: the file rolls on either.
     bytes: usize,
-    opened: Option<std::time::Instant>,
+    opened: Option<Instant>,
 }
 
 impl Buffer {
@@ -592,7 +582,7 @@ impl Buffer {
         }
         if self.rows.is_empty() {
             self.first_timestamp_ms = timestamp_ms;
-            self.opened = Some(std::time::Instant::now());
+            self.opened = Some(Instant::now());
         }
         self.bytes += size;
         self.rows.push(row);
@@ -823,6 +813,26 @@ impl Lander<'_> {
         Ok(())
     }
 
+    /// Writes the buffers that reached one of the landing zone's file limits.
+    async fn flush_full(
+        &mut self,
+        consumer: &transport::GroupConsumer,
+        buffers: &mut BTreeMap<(String, i32), Buffer>,
+        limits: &crate::config::LandingConfig,
+    ) -> Result<()> {
+        let full: Vec<(String, i32)> = buffers
+            .iter()
+            .filter(|(_, b)| b.full(limits))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in full {
+            if let Some(buffer) = buffers.remove(&key) {
+                self.flush(consumer, buffer).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the files of `buffer`'s partition, other than `written`, that start at or after its
     /// first offset: nothing past the committed offset `buffer` starts from was committed, so such
     /// a file was left by a writer that crashed after storing it, and it may be cut at other
@@ -878,17 +888,29 @@ pub async fn list_files(
     Ok(files)
 }
 
+/// How long the landing loop waits for the next event: until the oldest buffered file is due, so
+/// that a file is written when its first change is `max_file_age_ms` old whether or not another
+/// change arrives to notice it, and at most `idle`.
+fn wake_after<'a>(
+    buffers: impl Iterator<Item = &'a Buffer>,
+    limits: &crate::config::LandingConfig,
+    idle: Duration,
+    now: Instant,
+) -> Duration {
+    let file_age = Duration::from_millis(limits.max_file_age_ms);
+    buffers
+        .filter_map(|b| b.opened)
+        .map(|opened| (opened + file_age).saturating_duration_since(now))
+        .fold(idle, Duration::min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// One window of `GroupWatch`: passes `window` without a partition, then reads `offsets`
     /// (committed, high watermark) of partition 0.
-    fn window_ends(
-        watch: &mut GroupWatch,
-        start: std::time::Instant,
-        offsets: (Option<i64>, i64),
-    ) -> bool {
+    fn window_ends(watch: &mut GroupWatch, start: Instant, offsets: (Option<i64>, i64)) -> bool {
         assert!(!watch.due(start, false), "a window has only begun");
         watch.due(start + watch.window, false)
             && watch.stalled(Some(BTreeMap::from([(0, offsets)])))
@@ -897,7 +919,7 @@ mod tests {
     #[test]
     fn landing_rejoins_after_two_windows_without_a_partition_while_the_group_stands_still() {
         let mut watch = GroupWatch::new(Duration::from_secs(30));
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         assert!(
             !window_ends(&mut watch, t0, (Some(10), 50)),
             "one window proves no stall"
@@ -918,7 +940,7 @@ mod tests {
     #[test]
     fn landing_stays_while_another_member_lands_the_topic_or_nothing_waits() {
         let mut watch = GroupWatch::new(Duration::from_secs(30));
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let window = Duration::from_secs(30);
         // Another member commits: its offsets move.
         assert!(!window_ends(&mut watch, t0, (Some(10), 50)));
@@ -937,7 +959,7 @@ mod tests {
 
     #[test]
     fn holding_a_partition_or_a_zero_window_never_rejoins() {
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let mut watch = GroupWatch::new(Duration::from_secs(30));
         assert!(!window_ends(&mut watch, t0, (Some(10), 50)));
         // A partition held in between forgets what was seen.
@@ -968,6 +990,42 @@ mod tests {
             .iter()
             .filter_map(|r| r["kafka_offset"].as_i64())
             .collect()
+    }
+
+    #[test]
+    fn landing_wakes_when_the_oldest_file_is_due_or_after_idle() {
+        let limits = crate::config::LandingConfig {
+            location: "landing".into(),
+            max_rows_per_file: 1_000_000,
+            max_bytes_per_file: 1 << 30,
+            max_file_age_ms: 100,
+            rejoin_stalled_group_after: Duration::ZERO,
+        };
+        let idle = Duration::from_millis(500);
+        let t0 = Instant::now();
+        let opened_at = |at: Instant| {
+            let mut buffer = buffer_after(&[(1, 1)]);
+            buffer.opened = Some(at);
+            buffer
+        };
+        assert_eq!(wake_after([].iter(), &limits, idle, t0), idle);
+        let (older, newer) = (opened_at(t0), opened_at(t0 + Duration::from_millis(40)));
+        let at = t0 + Duration::from_millis(30);
+        assert_eq!(
+            wake_after([&newer, &older].into_iter(), &limits, idle, at),
+            Duration::from_millis(70),
+            "the oldest buffer is due first, with no change arriving"
+        );
+        assert_eq!(
+            wake_after(
+                [&older].into_iter(),
+                &limits,
+                idle,
+                t0 + Duration::from_millis(150)
+            ),
+            Duration::ZERO,
+            "a file past its age is due at once"
+        );
     }
 
     #[test]

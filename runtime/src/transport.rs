@@ -249,8 +249,10 @@ pub fn group_consumer(kafka: &KafkaConfig, group_suffix: &str) -> Result<GroupCo
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // Short fetch waits keep an idle check from mistaking a slow fetch for the end of a partition.
-        .set("fetch.wait.max.ms", "100");
+        // Short fetch waits keep an idle check from mistaking a slow fetch for the end of a
+        // partition, and bound how long a new change waits on a broker that answers a fetch only
+        // at its deadline (tansu does) rather than when data arrives (Kafka does).
+        .set("fetch.wait.max.ms", "20");
     config
         .create_with_context(RebalanceLog)
         .map_err(kafka_err(kafka, "creating consumer"))

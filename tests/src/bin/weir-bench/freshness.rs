@@ -32,6 +32,16 @@ pub struct Freshness {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    /// p50 and p99 of the same changes' time to bronze: what capture, Kafka, landing and bronze
+    /// take of the total, silver's pass (and the wait for it) being the rest.
+    pub bronze_p50: f64,
+    pub bronze_p99: f64,
+    /// p50 and p99 of the time to a Debezium event (capture) and to a landing file (Kafka and
+    /// landing), from the landing files' `source_ts_ms`, `ts_ms` and modification times.
+    pub event_p50: f64,
+    pub event_p99: f64,
+    pub landed_p50: f64,
+    pub landed_p99: f64,
     /// Seconds from the workload's end until silver held its last change; `None` if not within 10 s.
     pub drained: Option<f64>,
 }
@@ -88,6 +98,10 @@ pub async fn run() -> Result<()> {
             r.max,
             r.drained
                 .map_or("no (>10)".to_owned(), |s| format!("{s:.1}"))
+        );
+        println!(
+            "           p50/p99 to event {:.2}/{:.2} s, to landing file {:.2}/{:.2} s, to bronze {:.2}/{:.2} s",
+            r.event_p50, r.event_p99, r.landed_p50, r.landed_p99, r.bronze_p50, r.bronze_p99,
         );
         println!(
             "           peak RSS {} MiB; layer passes p50/max: {}",
@@ -167,7 +181,10 @@ async fn measure(
     rate: f64,
 ) -> Result<Freshness> {
     let silver = &pipeline.silver.layer.table;
-    let before = silver_version(silver).await?;
+    let bronze = &pipeline.bronze.layer.table;
+    let before = table_version(silver).await?;
+    let bronze_before = table_version(bronze).await?;
+    let started = std::time::SystemTime::now();
     let stop = CancellationToken::new();
     let url = t.services.pg_url(&t.name);
     let workload = tokio::spawn({
@@ -199,8 +216,10 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut samples = visible_after(silver, before + 1).await?;
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| {
+    let mut to_bronze = visible_after(bronze, bronze_before + 1).await?;
+    let (mut to_event, mut landed) = landing_delays(&pipeline.landing.location, started)?;
+    let at = |samples: &mut Vec<f64>, q: f64| {
+        samples.sort_by(f64::total_cmp);
         samples
             .get(((samples.len() as f64 - 1.0) * q).round() as usize)
             .copied()
@@ -210,20 +229,28 @@ async fn measure(
         rate,
         achieved: workload.rate(),
         samples: samples.len(),
-        p50: at(0.5),
-        p99: at(0.99),
-        max: at(1.0),
+        p50: at(&mut samples, 0.5),
+        p99: at(&mut samples, 0.99),
+        max: at(&mut samples, 1.0),
+        bronze_p50: at(&mut to_bronze, 0.5),
+        bronze_p99: at(&mut to_bronze, 0.99),
+        event_p50: at(&mut to_event, 0.5),
+        event_p99: at(&mut to_event, 0.99),
+        landed_p50: at(&mut landed, 0.5),
+        landed_p99: at(&mut landed, 0.99),
         drained,
     })
 }
 
-async fn silver_version(location: &str) -> Result<u64> {
+async fn table_version(location: &str) -> Result<u64> {
     let table = deltalake::open_table(deltalake::ensure_table_uri(location)?).await?;
-    table.version().context("silver has no version")
+    table
+        .version()
+        .with_context(|| format!("{location} has no version"))
 }
 
-/// For every row silver's commits from version `from` on inserted or updated: the seconds from
-/// its commit in PostgreSQL to the silver commit that made it visible.
+/// For every row a layer's commits from version `from` on inserted or updated: the seconds from
+/// its commit in PostgreSQL to the layer's commit that made it visible.
 async fn visible_after(location: &str, from: u64) -> Result<Vec<f64>> {
     let table = deltalake::open_table(deltalake::ensure_table_uri(location)?).await?;
     if table.version().is_none_or(|v| v < from) {
@@ -260,6 +287,51 @@ async fn visible_after(location: &str, from: u64) -> Result<Vec<f64>> {
         }
     }
     Ok(samples)
+}
+
+/// For every change in the landing files written since `since`: seconds from its commit to its
+/// Debezium event, and to its landing file's last write.
+fn landing_delays(location: &str, since: std::time::SystemTime) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut to_event, mut landed) = (Vec::new(), Vec::new());
+    let mut folders = vec![std::path::PathBuf::from(
+        location.strip_prefix("file://").unwrap_or(location),
+    )];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let modified = path.metadata()?.modified()?;
+            if path.extension().is_none_or(|e| e != "parquet") || modified < since {
+                continue;
+            }
+            let modified_ms = modified.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&path)?,
+            )?
+            .build()?;
+            for batch in reader {
+                let batch = batch?;
+                let ms = |name: &str| -> Result<arrow::array::Int64Array> {
+                    Ok(batch
+                        .column_by_name(name)
+                        .with_context(|| format!("{} has no {name}", path.display()))?
+                        .as_primitive::<Int64Type>()
+                        .clone())
+                };
+                let (committed, event) = (ms("source_ts_ms")?, ms("ts_ms")?);
+                for i in 0..batch.num_rows() {
+                    if committed.is_valid(i) && event.is_valid(i) {
+                        to_event.push((event.value(i) - committed.value(i)) as f64 / 1e3);
+                        landed.push((modified_ms - committed.value(i)) as f64 / 1e3);
+                    }
+                }
+            }
+        }
+    }
+    Ok((to_event, landed))
 }
 
 /// Each layer's pass times in a stretch of weir's log: `stage p50/max s (passes)`.

@@ -394,15 +394,20 @@ async fn apply_changes(
     let (truncates, keyed) = split_truncates(&ctx, cfg).await?;
     let tombstones_at = tombstones_location(location);
     let mut tombstones = open(STAGE, &tombstones_at).await?;
+    let opened_ms = started.elapsed().as_millis();
     if let Some(truncate) = truncates {
         let rows = tombstone_rows(&truncate, cfg, true).await?;
-        tombstones = record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
+        tombstones = record_tombstones(&tombstones_at, tombstones, None, &rows, cfg).await?;
         silver = truncate_older(location, silver, &truncate, cfg).await?;
     }
-    let keyed = match tombstones.version() {
-        Some(_) => drop_superseded(&ctx, keyed, &tombstones, cfg).await?,
-        None => keyed,
+    let (keyed, read_tombstones) = match tombstones.version() {
+        Some(_) => {
+            let read = tombstones_of(&ctx, keyed.clone(), &tombstones, cfg).await?;
+            (drop_superseded(&ctx, keyed, &read, cfg).await?, Some(read))
+        }
+        None => (keyed, None),
     };
+    let superseded_ms = started.elapsed().as_millis();
     let mut rows = tombstone_rows(&keyed, cfg, false).await?;
     if tombstones.version().is_none() {
         // Without tombstones yet, only deletes have something to record: the other changes would
@@ -410,9 +415,14 @@ async fn apply_changes(
         rows = only_true(&rows, DELETE_FLAG)?;
     }
     if rows.num_rows() > 0 {
-        record_tombstones(&tombstones_at, tombstones, &rows, cfg).await?;
+        record_tombstones(&tombstones_at, tombstones, read_tombstones, &rows, cfg).await?;
     }
-    tracing::debug!(ms = started.elapsed().as_millis(), "silver tombstones");
+    tracing::debug!(
+        ms = started.elapsed().as_millis(),
+        opened_ms,
+        superseded_ms,
+        "silver tombstones"
+    );
     match cfg.scd_type {
         ScdType::One => {
             // One MERGE per group of files: each rewrites files no other touches and holds one
@@ -961,21 +971,51 @@ fn warn_unkeyed(rows: usize, cfg: &SilverConfig) {
     }
 }
 
-/// The keyed changes at least as new as their key's tombstone, and newer than the latest truncate.
-async fn drop_superseded(
+/// The tombstones of `keyed`'s keys, and every truncate's: all that a pass needs of the
+/// tombstones table, read once.
+async fn tombstones_of(
     ctx: &SessionContext,
     keyed: RecordBatch,
     tombstones: &DeltaTable,
     cfg: &SilverConfig,
 ) -> Result<RecordBatch> {
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
-    let schema = keyed.schema();
     ctx.register_batch("keyed", keyed).map_err(err)?;
     let provider = tombstones
         .table_provider()
         .await
         .map_err(|e| stage_err(STAGE, e))?;
-    ctx.register_table("tombstones", provider).map_err(err)?;
+    ctx.register_table("tombstone_table", provider)
+        .map_err(err)?;
+    let keys = columns_sql(&cfg.keys, q, ", ");
+    let same_key = columns_sql(&cfg.keys, |k| format!("c.{0} = t.{0}", q(k)), " AND ");
+    let read = sql_batch(
+        ctx,
+        &format!(
+            "SELECT t.* FROM tombstone_table t \
+             LEFT JOIN (SELECT DISTINCT {keys}, true AS __changed FROM keyed) c ON {same_key} \
+             WHERE t.{TRUNCATE_FLAG} OR c.__changed IS NOT NULL"
+        ),
+    )
+    .await;
+    ctx.deregister_table("keyed").map_err(err)?;
+    ctx.deregister_table("tombstone_table").map_err(err)?;
+    read
+}
+
+/// The keyed changes at least as new as their key's tombstone, and newer than the latest truncate
+/// (`tombstones` holding at least those of their keys, and the truncates).
+async fn drop_superseded(
+    ctx: &SessionContext,
+    keyed: RecordBatch,
+    tombstones: &RecordBatch,
+    cfg: &SilverConfig,
+) -> Result<RecordBatch> {
+    let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
+    let schema = keyed.schema();
+    ctx.register_batch("keyed", keyed).map_err(err)?;
+    ctx.register_batch("tombstones", tombstones.clone())
+        .map_err(err)?;
     let columns = schema
         .fields()
         .iter()
@@ -1088,6 +1128,7 @@ fn only_true(batch: &RecordBatch, column: &str) -> Result<RecordBatch> {
 async fn record_tombstones(
     location: &str,
     tombstones: DeltaTable,
+    read: Option<RecordBatch>,
     rows: &RecordBatch,
     cfg: &SilverConfig,
 ) -> Result<DeltaTable> {
@@ -1103,7 +1144,7 @@ async fn record_tombstones(
     } else {
         tombstones
     };
-    let (first, known) = split_by_tombstone(&tombstones, rows, cfg, &stored).await?;
+    let (first, known) = split_by_tombstone(&tombstones, read, rows, cfg, &stored).await?;
     let mut table = tombstones;
     if known.num_rows() > 0 {
         table = merge_tombstones(location, table, known, cfg, &stored).await?;
@@ -1119,9 +1160,11 @@ async fn record_tombstones(
 }
 
 /// `rows` split into the first tombstones of their keys (deletes and truncates of keys without
-/// one, as stored), and the rows of keys that have one (as given).
+/// one, as stored), and the rows of keys that have one (as given). `read`: the tombstones of at
+/// least `rows`' keys as already read from `tombstones`, if they were.
 async fn split_by_tombstone(
     tombstones: &DeltaTable,
+    read: Option<RecordBatch>,
     rows: &RecordBatch,
     cfg: &SilverConfig,
     stored: &[String],
@@ -1129,11 +1172,18 @@ async fn split_by_tombstone(
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
     let ctx = SessionContext::new();
     ctx.register_batch("rows", rows.clone()).map_err(err)?;
-    let provider = tombstones
-        .table_provider()
-        .await
-        .map_err(|e| stage_err(STAGE, e))?;
-    ctx.register_table("tombstones", provider).map_err(err)?;
+    match read {
+        Some(read) => {
+            ctx.register_batch("tombstones", read).map_err(err)?;
+        }
+        None => {
+            let provider = tombstones
+                .table_provider()
+                .await
+                .map_err(|e| stage_err(STAGE, e))?;
+            ctx.register_table("tombstones", provider).map_err(err)?;
+        }
+    }
     // One read of the tombstones: each row flagged with whether its key has one.
     let keys = columns_sql(&cfg.keys, q, ", ");
     let same_key = columns_sql(&cfg.keys, |k| format!("r.{0} = t.{0}", q(k)), " AND ");

@@ -252,7 +252,10 @@ pub fn group_consumer(kafka: &KafkaConfig, group_suffix: &str) -> Result<GroupCo
         // Short fetch waits keep an idle check from mistaking a slow fetch for the end of a
         // partition, and bound how long a new change waits on a broker that answers a fetch only
         // at its deadline (tansu does) rather than when data arrives (Kafka does).
-        .set("fetch.wait.max.ms", "20");
+        .set("fetch.wait.max.ms", "20")
+        // librdkafka prefetches up to 64 MiB per partition by default: held in memory whenever
+        // landing falls behind, on top of the buffer it is filling. 16 MiB keeps the fetches flowing.
+        .set("queued.max.messages.kbytes", "16384");
     config
         .create_with_context(RebalanceLog)
         .map_err(kafka_err(kafka, "creating consumer"))

@@ -402,7 +402,7 @@ async fn apply_changes(
     }
     let (keyed, read_tombstones) = match tombstones.version() {
         Some(_) => {
-            let read = tombstones_of(&ctx, keyed.clone(), &tombstones, cfg).await?;
+            let read = tombstones_of(&keyed, &tombstones, cfg).await?;
             (drop_superseded(&ctx, keyed, &read, cfg).await?, Some(read))
         }
         None => (keyed, None),
@@ -974,33 +974,29 @@ fn warn_unkeyed(rows: usize, cfg: &SilverConfig) {
 /// The tombstones of `keyed`'s keys, and every truncate's: all that a pass needs of the
 /// tombstones table, read once.
 async fn tombstones_of(
-    ctx: &SessionContext,
-    keyed: RecordBatch,
+    keyed: &RecordBatch,
     tombstones: &DeltaTable,
     cfg: &SilverConfig,
 ) -> Result<RecordBatch> {
     let err = |e: deltalake::datafusion::error::DataFusionError| stage_err(STAGE, e);
-    ctx.register_batch("keyed", keyed).map_err(err)?;
+    let ctx = SessionContext::new();
+    ctx.register_batch("keyed", keyed.clone()).map_err(err)?;
     let provider = tombstones
         .table_provider()
         .await
         .map_err(|e| stage_err(STAGE, e))?;
-    ctx.register_table("tombstone_table", provider)
-        .map_err(err)?;
+    ctx.register_table("tombstones", provider).map_err(err)?;
     let keys = columns_sql(&cfg.keys, q, ", ");
     let same_key = columns_sql(&cfg.keys, |k| format!("c.{0} = t.{0}", q(k)), " AND ");
-    let read = sql_batch(
-        ctx,
+    sql_batch(
+        &ctx,
         &format!(
-            "SELECT t.* FROM tombstone_table t \
+            "SELECT t.* FROM tombstones t \
              LEFT JOIN (SELECT DISTINCT {keys}, true AS __changed FROM keyed) c ON {same_key} \
              WHERE t.{TRUNCATE_FLAG} OR c.__changed IS NOT NULL"
         ),
     )
-    .await;
-    ctx.deregister_table("keyed").map_err(err)?;
-    ctx.deregister_table("tombstone_table").map_err(err)?;
-    read
+    .await
 }
 
 /// The keyed changes at least as new as their key's tombstone, and newer than the latest truncate

@@ -218,8 +218,10 @@ async fn measure(
     let mut samples = visible_after(silver, before + 1).await?;
     let mut to_bronze = visible_after(bronze, bronze_before + 1).await?;
     let (mut to_event, mut landed) = landing_delays(&pipeline.landing.location, started)?;
-    let at = |samples: &mut Vec<f64>, q: f64| {
-        samples.sort_by(f64::total_cmp);
+    for sorted in [&mut samples, &mut to_bronze, &mut to_event, &mut landed] {
+        sorted.sort_by(f64::total_cmp);
+    }
+    let at = |samples: &[f64], q: f64| {
         samples
             .get(((samples.len() as f64 - 1.0) * q).round() as usize)
             .copied()
@@ -229,15 +231,15 @@ async fn measure(
         rate,
         achieved: workload.rate(),
         samples: samples.len(),
-        p50: at(&mut samples, 0.5),
-        p99: at(&mut samples, 0.99),
-        max: at(&mut samples, 1.0),
-        bronze_p50: at(&mut to_bronze, 0.5),
-        bronze_p99: at(&mut to_bronze, 0.99),
-        event_p50: at(&mut to_event, 0.5),
-        event_p99: at(&mut to_event, 0.99),
-        landed_p50: at(&mut landed, 0.5),
-        landed_p99: at(&mut landed, 0.99),
+        p50: at(&samples, 0.5),
+        p99: at(&samples, 0.99),
+        max: at(&samples, 1.0),
+        bronze_p50: at(&to_bronze, 0.5),
+        bronze_p99: at(&to_bronze, 0.99),
+        event_p50: at(&to_event, 0.5),
+        event_p99: at(&to_event, 0.99),
+        landed_p50: at(&landed, 0.5),
+        landed_p99: at(&landed, 0.99),
         drained,
     })
 }
